@@ -1,0 +1,1 @@
+"""Serial thermometers: parsers, a reconnecting reader and a pty simulator. Imports nothing of ours."""
