@@ -1,0 +1,37 @@
+"""Test helper: append events in a loop and print ``COMMITTED <seq> <hash>`` after each return.
+
+Run as a subprocess by the kill -9 tests: ``python writer.py DATA_DIR DEVICE_ID SEED``.
+Mixed batch sizes exercise both single appends and multi-event transactions.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+from edge.store.events import EventStore
+
+
+def main() -> None:
+    data_dir, device_id, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    rng = random.Random(seed)
+    store = EventStore(data_dir, device_id, max_db_mb=64)
+    out = sys.stdout
+    n = 0
+    while True:
+        size = rng.choice([1, 1, 1, 3, 17, 50])
+        items = []
+        for _ in range(size):
+            n += 1
+            at = {"wall": "2026-11-23T08:00:00.000Z", "clock": "synced",
+                  "boot": "3f6c1d2e-8a4b-4c5d-9e0f-1a2b3c4d5e6f", "mono_ms": n}
+            items.append(("decision", {"outcome": rng.choice(["admit", "deny", "refer"]), "n": n,
+                                       "note": "x" * rng.randrange(0, 600)}, at))
+        results = store.append_many(items)
+        for r in results:
+            out.write(f"COMMITTED {r.seq} {r.hash}\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
