@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import sqlite3
 import subprocess
 import threading
 import time
@@ -384,6 +385,67 @@ class TrustedClock:
             return new or None
 
         self._db.update_row("clock", change)
+        return went_down
+
+    # -- inside a caller's state transaction (bundles.md §3.4 K6, §3.5 M13, §3.3 T6) ---------------
+    #
+    # K6, M13 and T6 change the clock row in the same state.db transaction as the keys or bundle
+    # row, so the switch and its floor are one commit. ``conn`` is the connection of an open
+    # ``StateDB.transaction()``; each change adds 1 to the clock row's generation.
+
+    def _update_in(self, conn: sqlite3.Connection, fn: Callable[[dict[str, Any]], dict[str, Any] | None]) -> bool:
+        cur = conn.execute("SELECT * FROM clock WHERE id = 1")
+        raw = cur.fetchone()
+        if raw is None:
+            raise ClockError("clock row missing")
+        old = {d[0]: v for d, v in zip(cur.description, raw, strict=True)}
+        new = fn(old)
+        if not new:
+            return False
+        cols = sorted(new)
+        conn.execute(
+            f"UPDATE clock SET {', '.join(f'{c} = ?' for c in cols)}, generation = generation + 1 WHERE id = 1",
+            [new[c] for c in cols],
+        )
+        return True
+
+    def raise_floor_in(self, conn: sqlite3.Connection, value_ms: int, source: str) -> bool:
+        """``raise_floor`` inside the caller's transaction; True when written."""
+        b = self._boottime()
+        return self._update_in(conn, lambda old: self._raise_in(old, value_ms, source, b))
+
+    def accept_signed_time_in(self, conn: sqlite3.Connection, server_ms: int, *, rtt_s: float, source: str) -> None:
+        """``accept_signed_time`` inside the caller's transaction (T6)."""
+        b = self._boottime()
+
+        def change(old: dict[str, Any]) -> dict[str, Any] | None:
+            new = self._raise_in(old, server_ms, source, b) or {}
+            if rtt_s <= CONFIRM_MAX_RTT_S:
+                new.update(confirmed_ms=server_ms, confirmed_source=source, confirmed_boot=self.boot,
+                           confirmed_boottime_ms=b)
+            return new or None
+
+        self._update_in(conn, change)
+
+    def reset_floor_in(self, conn: sqlite3.Connection, reset_ms: int, issued_at_ms: int) -> bool:
+        """``reset_floor`` inside the caller's transaction (K6, §5.6); True when the floor went down."""
+        b = self._boottime()
+        went_down = False
+
+        def change(old: dict[str, Any]) -> dict[str, Any] | None:
+            nonlocal went_down
+            new: dict[str, Any] = {}
+            if int(old["floor_ms"]) > reset_ms:
+                went_down = True
+                new = {"floor_ms": reset_ms, "floor_source": "clock_floor_reset", "floor_boot": self.boot,
+                       "floor_boottime_ms": b}
+                old = {**old, **new}
+            up = self._raise_in(old, issued_at_ms, "keys", b)
+            if up:
+                new.update(up)
+            return new or None
+
+        self._update_in(conn, change)
         return went_down
 
     def maintain(self, *, mono: float | None = None) -> None:

@@ -1,0 +1,150 @@
+"""Signed rule bundles (bundles.md): one implementation for the admin CLI, the server and the gate.
+
+| module    | holds                                                                     |
+|-----------|---------------------------------------------------------------------------|
+| formats   | caps, reason codes, the envelope, D1–D5 for keys/manifest/current         |
+| verify    | the pure trust core: S, K2–K5, T1–T5, M2–M10                              |
+| parts     | the eight part schemas, M11, building parts from source files (roster.csv)|
+| publish   | keys documents, numbering and signing manifests, current statements       |
+| check     | a whole bundle (directory or tar) checked as a gate would (bundle verify) |
+| capped    | reads with byte caps, also through gzip/deflate (§1.7)                    |
+
+The gate side (update algorithm, crash safety, the bundle in force) is
+``edge.bundles``; it uses only the functions re-exported here.
+"""
+
+from sync.bundle.capped import CappedReader, decode_capped, read_capped
+from sync.bundle.check import (
+    ANY_SITE,
+    BundleReport,
+    parts_reader,
+    read_bundle_dir,
+    read_bundle_tar,
+    verify_bundle,
+    verify_bundle_dir,
+)
+from sync.bundle.formats import (
+    CAPS,
+    KEYS_CHAIN_MAX,
+    MAX_RTT_S,
+    PART_CAPS,
+    PART_NAMES,
+    PARTS_TOTAL_CAP,
+    REASONS,
+    TOL_MS,
+    BundleRejected,
+    CurrentStatement,
+    KeysDoc,
+    Manifest,
+    PartRef,
+    Role,
+    SignedDocument,
+    document_id,
+    envelope_bytes,
+    load_signed,
+    parse_current,
+    parse_keys,
+    parse_manifest,
+    peek_signed,
+    signing_message,
+)
+from sync.bundle.parts import (
+    SOURCE_FILES,
+    ParsedParts,
+    SourceError,
+    build_parts,
+    build_parts_from_dir,
+    parse_roster_csv,
+    part_bytes,
+    validate_part,
+    validate_parts,
+)
+from sync.bundle.publish import (
+    add_signatures,
+    current_body,
+    keys_body,
+    manifest_body,
+    next_manifest_body,
+    part_refs,
+    sign_current,
+    sign_document,
+    sign_manifest,
+    unsigned_document,
+)
+from sync.bundle.verify import (
+    InForce,
+    ManifestCheck,
+    check_anchor,
+    check_current,
+    check_keys_update,
+    check_manifest,
+    check_part_bytes,
+    check_part_listing,
+    check_threshold,
+    keys_expired,
+)
+
+__all__ = [
+    "ANY_SITE",
+    "CAPS",
+    "KEYS_CHAIN_MAX",
+    "MAX_RTT_S",
+    "PARTS_TOTAL_CAP",
+    "PART_CAPS",
+    "PART_NAMES",
+    "REASONS",
+    "SOURCE_FILES",
+    "TOL_MS",
+    "BundleRejected",
+    "BundleReport",
+    "CappedReader",
+    "CurrentStatement",
+    "InForce",
+    "KeysDoc",
+    "Manifest",
+    "ManifestCheck",
+    "ParsedParts",
+    "PartRef",
+    "Role",
+    "SignedDocument",
+    "SourceError",
+    "add_signatures",
+    "build_parts",
+    "build_parts_from_dir",
+    "check_anchor",
+    "check_current",
+    "check_keys_update",
+    "check_manifest",
+    "check_part_bytes",
+    "check_part_listing",
+    "check_threshold",
+    "current_body",
+    "decode_capped",
+    "document_id",
+    "envelope_bytes",
+    "keys_body",
+    "keys_expired",
+    "load_signed",
+    "manifest_body",
+    "next_manifest_body",
+    "parse_current",
+    "parse_keys",
+    "parse_manifest",
+    "part_bytes",
+    "part_refs",
+    "parse_roster_csv",
+    "parts_reader",
+    "peek_signed",
+    "read_bundle_dir",
+    "read_bundle_tar",
+    "read_capped",
+    "sign_current",
+    "sign_document",
+    "sign_manifest",
+    "signing_message",
+    "unsigned_document",
+    "validate_part",
+    "validate_parts",
+    "verify_bundle",
+    "verify_bundle_dir",
+]
