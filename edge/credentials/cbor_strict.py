@@ -127,7 +127,10 @@ def _item(data: bytes, pos: int, depth: int, max_depth: int) -> tuple[Any, int]:
             return (_indefinite_array if major == 4 else _indefinite_map)(data, pos, depth, max_depth)
         raise DecodeError(f"indefinite length not allowed for major type {major}")
 
-    arg, pos = _argument(data, pos, info)
+    if info < 24:
+        arg = info
+    else:
+        arg, pos = _argument(data, pos, info)
     if major == 0:
         return arg, pos
     if major == 1:
@@ -171,14 +174,43 @@ def _item(data: bytes, pos: int, depth: int, max_depth: int) -> tuple[Any, int]:
 
 def _pair(data: bytes, pos: int, depth: int, max_depth: int, result: dict[Any, Any]) -> int:
     key_at = pos
-    key, pos = _item(data, pos, depth + 1, max_depth)
-    if key is _BREAK:
-        raise DecodeError("unexpected break code in place of a map key")
-    kt = type(key)
-    if kt is not int and kt is not str and kt is not bytes:
-        raise DecodeError(f"map key of type {kt.__name__} at offset {key_at}")
+    ib = data[pos]
+    # Fast paths for the keys credentials use (short text, small integers); same rules.
+    if 0x60 <= ib <= 0x77:
+        end = pos + 1 + ib - 0x60
+        if end > len(data):
+            raise DecodeError(f"string of {ib - 0x60} bytes with {len(data) - pos - 1} bytes left")
+        try:
+            key: Any = data[pos + 1 : end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise DecodeError(f"invalid UTF-8 in text at offset {pos + 1}") from None
+        pos = end
+    elif ib <= 0x17:
+        key, pos = ib, pos + 1
+    elif 0x20 <= ib <= 0x37:
+        key, pos = 0x1F - ib, pos + 1
+    else:
+        key, pos = _item(data, pos, depth + 1, max_depth)
+        if key is _BREAK:
+            raise DecodeError("unexpected break code in place of a map key")
+        kt = type(key)
+        if kt is not int and kt is not str and kt is not bytes:
+            raise DecodeError(f"map key of type {kt.__name__} at offset {key_at}")
     if key in result:
         raise DecodeError(f"duplicate map key at offset {key_at}")
+    if pos < len(data):
+        ib = data[pos]
+        if 0x60 <= ib <= 0x77:  # short text value
+            end = pos + 1 + ib - 0x60
+            if end <= len(data):
+                try:
+                    result[key] = data[pos + 1 : end].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DecodeError(f"invalid UTF-8 in text at offset {pos + 1}") from None
+                return end
+        elif ib <= 0x17:  # small unsigned integer
+            result[key] = ib
+            return pos + 1
     value, pos = _item(data, pos, depth + 1, max_depth)
     if value is _BREAK:
         raise DecodeError("map key without a value")

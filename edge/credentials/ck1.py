@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,8 +207,28 @@ def revocation_hash_of_id(cid: bytes) -> str:
     return hashlib.sha256(cid).digest()[:16].hex()
 
 
-def _time(seconds: int) -> str:
-    return format_ms(seconds * 1000)
+def format_millis(ms: int) -> str:
+    """The JSON time format of epoch milliseconds: ``sync.timefmt.format_ms``, faster.
+
+    ``time.gmtime`` is about ten times quicker than datetime arithmetic (this runs for
+    every time claim of every scan); outside years 1970-9999 the general formatter is used.
+    """
+    seconds, millis = divmod(ms, 1000)
+    if 0 <= seconds < TIME_LIMIT_S:
+        t = time.gmtime(seconds)
+        return (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+            f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{millis:03d}Z"
+        )
+    return format_ms(ms)
+
+
+def format_seconds(seconds: int) -> str:
+    """The JSON time format of whole epoch seconds."""
+    return format_millis(seconds * 1000)
+
+
+_time = format_seconds
 
 
 def normalise(claims: dict[Any, Any], *, kind: str, kid: str | None, alg: str | None) -> dict[str, Any]:

@@ -23,19 +23,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from edge.credentials.cbor_strict import Tag
+from edge.credentials.ck1 import format_millis
+from edge.credentials.schema_check import UnsupportedSchema, compile_schema, ecma_regex
 from edge.credentials.trust import TrustEntry
-from sync.timefmt import format_ms
 
 __all__ = ["EKU_OIDS", "check_cwt", "check_schema", "dcc_schema", "key_usage", "normalise", "time_ms"]
+
+log = logging.getLogger(__name__)
 
 CLAIM_ISS, CLAIM_SUB, CLAIM_EXP, CLAIM_NBF, CLAIM_IAT = 1, 2, 4, 5, 6
 CLAIM_HCERT = -260
@@ -106,7 +110,7 @@ def to_json(value: Any) -> Any:
         if value.tag in (0, 1004) and type(value.value) is str:
             return value.value
         if value.tag == 1 and _tag1_ok(value.value):
-            return format_ms(time_ms(value.value))
+            return format_millis(time_ms(value.value))
         raise _NotJson(f"tag {value.tag}")
     raise _NotJson(f"{t.__name__} is not JSON")
 
@@ -120,38 +124,6 @@ def _tag1_ok(v: Any) -> bool:
 # --- the JSON schema ----------------------------------------------------------------------
 
 
-def _ecma_regex(pattern: str) -> re.Pattern[str]:
-    """Compile an ECMA-262 pattern (JSON Schema's dialect) for Python's ``re``.
-
-    Outside character classes ``$`` becomes ``\\Z`` (ECMA's ``$`` never matches before a
-    final newline) and ``.`` excludes every ECMA line terminator; ``re.ASCII`` keeps
-    ``\\d``/``\\w``/``\\s`` to ASCII as in ECMA. The schema's patterns use nothing else.
-    """
-    out: list[str] = []
-    in_class = False
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            out.append(pattern[i : i + 2])
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-            out.append(c)
-        elif c == "[":
-            in_class = True
-            out.append(c)
-        elif c == "$":
-            out.append(r"\Z")
-        elif c == ".":
-            out.append("[^\n\r\u2028\u2029]")
-        else:
-            out.append(c)
-        i += 1
-    return re.compile("".join(out), re.ASCII)
-
-
 @cache
 def dcc_schema() -> dict[str, Any]:
     """The DCC combined schema release 1.3.3 shipped in this package (see ``schema/NOTICE``)."""
@@ -160,7 +132,8 @@ def dcc_schema() -> dict[str, Any]:
 
 
 @cache
-def _validator() -> Any:
+def reference_validator() -> Any:
+    """The DCC schema as a ``jsonschema`` validator with ECMA-262 patterns (the reference)."""
     from jsonschema import Draft202012Validator, ValidationError, validators
 
     patterns: dict[str, re.Pattern[str]] = {}
@@ -170,7 +143,7 @@ def _validator() -> Any:
             return
         compiled = patterns.get(patrn)
         if compiled is None:
-            compiled = patterns[patrn] = _ecma_regex(patrn)
+            compiled = patterns[patrn] = ecma_regex(patrn)
         if not compiled.search(instance):
             yield ValidationError(f"{instance!r} does not match {patrn!r}")
 
@@ -180,16 +153,25 @@ def _validator() -> Any:
     return cls(schema)  # no format_checker: "format" is not asserted (§5.2)
 
 
+@cache
+def schema_predicate() -> Callable[[Any], bool]:
+    """True when a DCC payload (as JSON) validates: compiled once; ``jsonschema`` if the
+    schema ever uses a keyword the compiled checker does not implement."""
+    try:
+        return compile_schema(dcc_schema())
+    except UnsupportedSchema as exc:
+        log.warning("DCC schema: compiled checker unavailable (%s); using jsonschema", exc)
+        return reference_validator().is_valid  # type: ignore[no-any-return]
+
+
 def check_schema(claims: dict[Any, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """Check 8 for a payload that passed check 5: (the DCC as JSON, None) or (None, why)."""
     try:
         dcc = to_json(claims[CLAIM_HCERT][1])
     except _NotJson as exc:
         return None, f"payload is not JSON: {exc}"
-    validator = _validator()
-    if not validator.is_valid(dcc):
-        error = next(iter(validator.iter_errors(dcc)), None)
-        return None, f"schema: {error.message if error is not None else 'invalid'}"
+    if not schema_predicate()(dcc):
+        return None, "does not validate against the DCC schema 1.3.3"
     ver = dcc.get("ver")
     if not isinstance(ver, str) or not _VER_RE.fullmatch(ver):
         return None, "ver: must be 1.x.y"
@@ -232,9 +214,9 @@ def normalise(
     if CLAIM_ISS in claims:
         out["iss"] = claims[CLAIM_ISS]
     if CLAIM_IAT in claims:
-        out["iat"] = format_ms(time_ms(claims[CLAIM_IAT]))
+        out["iat"] = format_millis(time_ms(claims[CLAIM_IAT]))
     if CLAIM_EXP in claims:
-        out["exp"] = format_ms(time_ms(claims[CLAIM_EXP]))
+        out["exp"] = format_millis(time_ms(claims[CLAIM_EXP]))
     group = dcc_type(dcc)
     entry = dcc[group][0]
     out["kid"] = kid
