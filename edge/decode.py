@@ -8,20 +8,22 @@ Rules, in the order they run (``specs/hardware.md`` §2.3):
 2. zxing-cpp reads the grey image in ``TextMode.Plain`` with its defaults ``try_rotate``,
    ``try_downscale`` and ``try_invert`` on, and ``return_errors=True``: valid results are
    symbols, invalid ones are *candidates* (a symbol was located but not decoded).
-3. Only when no valid symbol was found:
-
-   - ``effort="fast"`` (the camera loop): for up to 2 candidates, the candidate's box plus a 25 %
-     margin (at least 32 px) is upscaled 2x and read by zxing-cpp again, then by pyzbar on the
-     grey crop. An empty frame (no candidate) costs nothing beyond step 2.
-   - ``effort="full"`` (still images, the CLI, the deep pass): the same candidate retry (up to
-     4 candidates), then, stopping at the first valid symbol: zxing-cpp on a 2x upscale of the
-     whole image when its longer side is at most 1280 px; pyzbar on the grey image; pyzbar on a
-     2x cubic upscale when the longer side is at most 640 px; last, for large photographs
-     (longer side above 1280 px), pyzbar on a half-size copy (zbar's scanner misses codes whose
-     modules are many pixels wide and blurred). So the full path reads at least the union of
-     zxing-cpp, its 2x retry and pyzbar (§2.6).
-
-4. The same payload at overlapping positions from two passes is one symbol; symbols are sorted
+3. Candidates not covered by a valid symbol get a retry (§2.3 runs it only when nothing was
+   read; a truck pass read beside a driver code that failed is retried too, at no cost on frames
+   where nothing was located): for up to 2 (``fast``) or 4 (``full``) candidates, the box plus a
+   25 % margin (at least 32 px) is upscaled 2x and read by zxing-cpp, then by pyzbar on the
+   grey crop. So ``effort="fast"`` (the camera loop) costs nothing extra on an empty frame.
+4. ``effort="full"`` (still images, the CLI, the deep pass) then runs, while nothing was read
+   (or a candidate is still unread), stopping after the first pass that reads something:
+   zxing-cpp on a 2x linear upscale of the whole image when its longer side is at most 1280 px;
+   pyzbar on the grey image; pyzbar on a 2x cubic upscale when the longer side is at most
+   640 px. So the full path reads at least the union of zxing-cpp, its 2x retry and pyzbar
+   (§2.6). Beyond the spec, a few cheap passes follow (a few ms each on 720p, only where all
+   the above found nothing): pyzbar on a half-size copy of a large photograph (zbar misses
+   codes whose modules are many pixels wide and soft), zxing-cpp's global-histogram binariser
+   (uneven light), zxing-cpp after a 3x3 median (phone screens filmed at an angle, noise), and
+   zxing-cpp on a mean adaptive threshold (shadows, glare edges).
+5. The same payload at overlapping positions from two passes is one symbol; symbols are sorted
    by position (top, then left).
 
 pyzbar is imported lazily; without the zbar library zxing-cpp runs alone and one line is logged.
@@ -386,6 +388,10 @@ def _overlap(a: Symbol, b: Symbol) -> bool:
     return al <= br and bl <= ar and at <= bb and bt <= ab
 
 
+def _boxes_overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
 def _box_of(corners: Sequence[tuple[float, float]]) -> tuple[float, float, float, float]:
     xs = [p[0] for p in corners]
     ys = [p[1] for p in corners]
@@ -450,16 +456,18 @@ class Decoder:
 
     # -- one decoder call each ----------------------------------------------------------------
 
-    def _zxing(self, gray: np.ndarray, fmts: zxingcpp.BarcodeFormats) -> tuple[list[_Found], list[tuple[float, ...]]]:
+    def _zxing(
+        self, gray: np.ndarray, fmts: zxingcpp.BarcodeFormats, **options: Any
+    ) -> tuple[list[_Found], list[tuple[float, float, float, float]]]:
         try:
             results = zxingcpp.read_barcodes(
-                gray, formats=fmts, text_mode=zxingcpp.TextMode.Plain, return_errors=True
+                gray, formats=fmts, text_mode=zxingcpp.TextMode.Plain, return_errors=True, **options
             )
         except Exception as exc:
             self._error("zxing-cpp", exc)
             return [], []
         found: list[_Found] = []
-        candidates: list[tuple[float, ...]] = []
+        candidates: list[tuple[float, float, float, float]] = []
         for r in results:
             p = r.position
             corners = tuple(
@@ -539,6 +547,7 @@ class Decoder:
         out: list[Symbol] = []
 
         def add(found: list[_Found], decoder: str, scale: float = 1.0, dx: float = 0.0, dy: float = 0.0) -> bool:
+            added = False
             for f in found:
                 corners = tuple(
                     (round(px / scale + dx + ox), round(py / scale + dy + oy)) for px, py in f.corners
@@ -546,22 +555,34 @@ class Decoder:
                 sym = Symbol(f.text, f.raw, f.format, corners, decoder)
                 if not any(s.raw == sym.raw and _overlap(s, sym) for s in out):
                     out.append(sym)
-            return bool(found)
+                    added = True
+            return added
+
+        def unresolved(boxes: list[tuple[float, float, float, float]]) -> list[tuple[float, float, float, float]]:
+            # A candidate is resolved once a symbol covers it (boxes compared in ROI pixels).
+            local = [(b[0] - ox, b[1] - oy, b[2] - ox, b[3] - oy) for b in (s.box for s in out)]
+            return [c for c in boxes if not any(_boxes_overlap(c, b) for b in local)]
 
         found, candidates = self._zxing(gray, fmts)
         add(found, "zxing-cpp")
-        if not out:
-            limit = FAST_CANDIDATES if effort == "fast" else FULL_CANDIDATES
-            self._candidates(gray, candidates[:limit], fmts, names, add)
-        if not out and effort == "full":
-            self._full_chain(gray, fmts, names, add)
+        # §2.3 step 4 asks for the candidate retry when nothing was read; we also run it for a
+        # located code beside a read one (a truck pass and a driver code in one frame): it only
+        # costs when zxing-cpp located a symbol and failed, never on an empty frame.
+        todo = unresolved(candidates)[: FAST_CANDIDATES if effort == "fast" else FULL_CANDIDATES]
+        if todo:
+            self._candidates(gray, todo, fmts, names, add)
+        if effort == "full":
+            for step in self._full_chain(gray, fmts, names):
+                if out and not unresolved(candidates):
+                    break  # stop at the first pass that read something (§2.3)
+                step(add)
         out.sort(key=lambda s: (s.box[1], s.box[0]))
         return out
 
     def _candidates(
         self,
         gray: np.ndarray,
-        boxes: list[tuple[float, ...]],
+        boxes: list[tuple[float, float, float, float]],
         fmts: zxingcpp.BarcodeFormats,
         names: tuple[str, ...],
         add: Callable[..., bool],
@@ -576,35 +597,54 @@ class Decoder:
             if x1 - x0 < 8 or y1 - y0 < 8:
                 continue
             crop = gray[y0:y1, x0:x1]
-            try:
-                big = cv2.resize(crop, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)
-            except cv2.error as exc:
-                self._error("resize", exc)
+            big = self._resize(crop, 2.0, cv2.INTER_LINEAR)
+            if big is not None and add(self._zxing(big, fmts)[0], "zxing-cpp+2x", 2.0, x0, y0):
                 continue
-            found, _ = self._zxing(big, fmts)
-            if add(found, "zxing-cpp+2x", 2.0, x0, y0):
-                continue
-            add(self._pyzbar(np.ascontiguousarray(crop), names), "pyzbar", 1.0, x0, y0)
+            add(self._pyzbar(crop, names), "pyzbar", 1.0, x0, y0)
 
     def _full_chain(
-        self, gray: np.ndarray, fmts: zxingcpp.BarcodeFormats, names: tuple[str, ...], add: Callable[..., bool]
-    ) -> None:
-        """§2.3 step 4, effort full: stop at the first pass that reads something."""
+        self, gray: np.ndarray, fmts: zxingcpp.BarcodeFormats, names: tuple[str, ...]
+    ) -> Iterator[Callable[[Callable[..., bool]], object]]:
+        """§2.3 step 4, effort full: the passes in order; the caller stops after the first that
+        reads something. Each pass is built only when reached (most images stop early)."""
         longer = max(gray.shape)
         if longer <= UPSCALE_MAX_SIDE:
-            big = self._resize(gray, 2.0, cv2.INTER_LINEAR)
-            if big is not None and add(self._zxing(big, fmts)[0], "zxing-cpp+2x", 2.0):
-                return
-        if add(self._pyzbar(gray, names), "pyzbar"):
-            return
+            yield lambda add: add(self._zxing_on(self._resize(gray, 2.0, cv2.INTER_LINEAR), fmts), "zxing-cpp+2x", 2.0)
+        yield lambda add: add(self._pyzbar(gray, names), "pyzbar")
         if longer <= PYZBAR_UPSCALE_MAX_SIDE:
-            big = self._resize(gray, 2.0, cv2.INTER_CUBIC)
-            if big is not None and add(self._pyzbar(big, names), "pyzbar", 2.0):
-                return
+            yield lambda add: add(self._pyzbar_on(self._resize(gray, 2.0, cv2.INTER_CUBIC), names), "pyzbar", 2.0)
         if longer > UPSCALE_MAX_SIDE:
-            small = self._resize(gray, 0.5, cv2.INTER_AREA)
-            if small is not None:
-                add(self._pyzbar(small, names), "pyzbar", 0.5)
+            # zbar misses codes whose modules are many pixels wide and soft (close-up photos).
+            yield lambda add: add(self._pyzbar_on(self._resize(gray, 0.5, cv2.INTER_AREA), names), "pyzbar", 0.5)
+        # Beyond §2.3: cheap re-binarisations for what a camera does to a code (a few ms each on
+        # 720p, only on frames where everything above found nothing). Screens filmed at an angle
+        # (moire) and sensor noise: a 3x3 median. Uneven light and shadows: zxing-cpp's global
+        # histogram binariser, and a mean adaptive threshold over blocks about a module group wide.
+        yield lambda add: add(self._zxing_on(gray, fmts, binarizer=zxingcpp.Binarizer.GlobalHistogram), "zxing-cpp")
+        yield lambda add: add(self._zxing_on(self._filter(cv2.medianBlur, gray, 3), fmts), "zxing-cpp")
+        block = max(15, min(201, (longer // 25) | 1))
+        yield lambda add: add(
+            self._zxing_on(
+                self._filter(
+                    cv2.adaptiveThreshold, gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, block, 5
+                ),
+                fmts,
+            ),
+            "zxing-cpp",
+        )
+
+    def _zxing_on(self, image: np.ndarray | None, fmts: zxingcpp.BarcodeFormats, **options: Any) -> list[_Found]:
+        return [] if image is None else self._zxing(image, fmts, **options)[0]
+
+    def _pyzbar_on(self, image: np.ndarray | None, names: tuple[str, ...]) -> list[_Found]:
+        return [] if image is None else self._pyzbar(image, names)
+
+    def _filter(self, fn: Callable[..., Any], image: np.ndarray, *args: Any) -> np.ndarray | None:
+        try:
+            return np.asarray(fn(image, *args))
+        except cv2.error as exc:
+            self._error(getattr(fn, "__name__", "filter"), exc)
+            return None
 
     def _resize(self, gray: np.ndarray, factor: float, interpolation: int) -> np.ndarray | None:
         try:
