@@ -111,6 +111,8 @@ def build_cwt(
             value = _COLOUR_CODE[value]
         elif f.type == "flags":
             value = _flag_bits(value)
+            if value == 0:
+                continue  # absent = 0 (§2.3): two bytes fewer in the QR code
         elif f.type == "time":
             value = _seconds(value, name)
         elif name == "name" and isinstance(value, str) and "*" not in value:
