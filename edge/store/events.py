@@ -44,12 +44,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from edge.errors import StoreCorrupt, StoreUnavailable, WrongDevice
+from edge.errors import StoreCorrupt, StoreError, StoreUnavailable, WrongDevice
 from edge.store.schema import EVENTS_SCHEMA_VERSION, connect, create_events_schema
 from sync.canonical import check_profile
 from sync.crashpoints import crashpoint
 from sync.errors import FormatError
 from sync.events import build_event, genesis, hash_body
+from sync.timefmt import parse_ms
 
 __all__ = [
     "Appended",
@@ -545,6 +546,237 @@ class EventStore:
         payload = _gap_payload("disk_full", False, lo_seq, hi_seq, count, first_wall, last_wall, hi_hash)
         return EventStore._Gap(payload, hole, f"unacked seq={lo_seq}..{hi_seq}")
 
+    # -- agent operations on the chain (sync.md §1.8, §1.9, §3.4) --------------------------------
+
+    def declare_corrupt(self, from_seq: int, to_seq: int, last_hash: str, at: Mapping[str, Any]) -> Appended:
+        """Turn a damaged run into a declared hole (§3.4 step 2.5, §1.9 step 3), in one transaction.
+
+        Removes the rows ``from_seq..to_seq`` (unacknowledged rows whose hash or link
+        failed), inserts the ``dropped`` row with ``cause: corrupt`` and appends the
+        ``gap`` event describing it, so no unacknowledged event ever disappears
+        without a trace. ``last_hash`` is the ``prev_hash`` of the next good row; when
+        the run reaches the head it is the head hash.
+
+        Returns:
+            Where the ``gap`` event landed.
+
+        Raises:
+            StoreError: the range is acknowledged, beyond the head, or overlaps a declared hole.
+            StoreUnavailable: the transaction failed.
+        """
+        _, _, at_d = self._check_item("gap", {}, at)
+        if self._closed:
+            raise StoreUnavailable("event store is closed")
+        with self._commit_lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                next_seq, head_hash = conn.execute("SELECT next_seq, head_hash FROM meta WHERE id = 1").fetchone()
+                acked = conn.execute("SELECT acked_seq FROM outbox WHERE id = 1").fetchone()[0]
+                if not acked < from_seq <= to_seq < next_seq:
+                    raise StoreError(
+                        f"damaged run {from_seq}..{to_seq} is not between the ack {acked} and the head {next_seq - 1}"
+                    )
+                if conn.execute(
+                    "SELECT 1 FROM dropped WHERE from_seq <= ? AND to_seq >= ?", (to_seq, from_seq)
+                ).fetchone():
+                    raise StoreError(f"damaged run {from_seq}..{to_seq} overlaps a declared hole")
+                if to_seq == next_seq - 1:
+                    last_hash = head_hash
+                first_wall = _wall_of(conn, from_seq)
+                last_wall = _wall_of(conn, to_seq)
+                conn.execute("DELETE FROM events WHERE seq >= ? AND seq <= ?", (from_seq, to_seq))
+                payload = _gap_payload(
+                    "corrupt", False, from_seq, to_seq, to_seq - from_seq + 1, first_wall, last_wall, last_hash
+                )
+                (results, error), = self._insert_units(conn, [_Unit([("gap", payload, at_d)])])
+                if error is not None:
+                    raise error
+                conn.execute(
+                    "INSERT INTO dropped (from_seq, to_seq, last_hash, cause, gap_seq) VALUES (?, ?, ?, 'corrupt', ?)",
+                    (from_seq, to_seq, last_hash, results[0].seq),
+                )
+                conn.execute("COMMIT")
+            except StoreError:
+                self._rollback()
+                raise
+            except (sqlite3.Error, OSError, FormatError) as exc:
+                self._rollback()
+                raise StoreUnavailable(f"declaring damaged run {from_seq}..{to_seq} failed: {exc}") from exc
+        log.error("store damaged run seq=%d..%d declared as a hole; gap seq=%d", from_seq, to_seq, results[0].seq)
+        return results[0]
+
+    def prune_acked(
+        self, through_seq: int, *, retention_edge_seq: int, at: Mapping[str, Any]
+    ) -> tuple[int, Appended | None]:
+        """Prune acknowledged events oldest first under storage pressure (§1.8 level ``prune``).
+
+        Deletes the rows ``pruned_through < seq <= min(through_seq, acked_seq)`` in one
+        appender transaction and moves ``pruned_through``. If any of them was younger
+        than the retention period (above ``retention_edge_seq``: the highest seq whose
+        ack is older than ``retain_acked_days``; 0 when the clock cannot tell), a ``gap``
+        event with ``acked: true``, ``cause: storage_pressure`` goes in the same transaction.
+
+        Returns:
+            ``(events deleted, the gap event or None)``.
+
+        Raises:
+            StoreUnavailable: the transaction failed.
+        """
+        _, _, at_d = self._check_item("gap", {}, at)
+        if self._closed:
+            raise StoreUnavailable("event store is closed")
+        gap: Appended | None = None
+        with self._commit_lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                acked, pruned = conn.execute("SELECT acked_seq, pruned_through FROM outbox WHERE id = 1").fetchone()
+                hi = min(through_seq, acked)
+                # Never stop inside a declared hole: pruned_through must be a row or a hole's end.
+                inside = conn.execute(
+                    "SELECT from_seq FROM dropped WHERE from_seq <= ? AND to_seq > ?", (hi, hi)
+                ).fetchone()
+                if inside is not None:
+                    hi = inside[0] - 1
+                if hi <= pruned:
+                    conn.execute("ROLLBACK")
+                    return 0, None
+                last = conn.execute(
+                    "SELECT seq, hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq DESC LIMIT 1", (pruned, hi)
+                ).fetchone()
+                hole_end = conn.execute(
+                    "SELECT to_seq, last_hash FROM dropped WHERE to_seq > ? AND to_seq <= ? ORDER BY to_seq DESC "
+                    "LIMIT 1", (pruned, hi)
+                ).fetchone()
+                marks = [m for m in (last, hole_end) if m is not None]
+                if not marks:
+                    conn.execute("ROLLBACK")
+                    return 0, None
+                new_through, new_hash = max(marks)
+                first = conn.execute(
+                    "SELECT min(seq) FROM events WHERE seq > ? AND seq <= ?", (pruned, new_through)
+                ).fetchone()[0]
+                first_wall = _wall_of(conn, first) if first is not None else None
+                last_wall = _wall_of(conn, last[0]) if last is not None else None
+                crashpoint("agent.mid_prune")
+                deleted = conn.execute(
+                    "DELETE FROM events WHERE seq > ? AND seq <= ?", (pruned, new_through)
+                ).rowcount
+                conn.execute(
+                    "UPDATE outbox SET pruned_through = ?, pruned_hash = ? WHERE id = 1", (new_through, new_hash)
+                )
+                if deleted and new_through > retention_edge_seq:
+                    payload = _gap_payload(
+                        "storage_pressure", True, pruned + 1, new_through, deleted, first_wall, last_wall, new_hash,
+                    )
+                    (results, error), = self._insert_units(conn, [_Unit([("gap", payload, at_d)])])
+                    if error is not None:
+                        raise error
+                    gap = results[0]
+                conn.execute("COMMIT")
+            except (sqlite3.Error, OSError, FormatError) as exc:
+                self._rollback()
+                raise StoreUnavailable(f"pruning acknowledged events failed: {exc}") from exc
+        log.warning("store pressure: pruned acked seq=%d..%d events=%d gap=%s", pruned + 1, new_through, deleted,
+                    gap.seq if gap else None)
+        return deleted, gap
+
+    def rebase(self, base_seq: int, base_hash: str, at: Mapping[str, Any]) -> Appended:
+        """Move a provisional chain behind the server's head (§1.9 step 4), in one transaction.
+
+        After ``events.db`` was lost the gate keeps logging from seq 1 with
+        ``rebase_pending`` set. Nobody has seen those events, so they may be
+        rewritten: a ``gap`` (``cause: db_lost``) becomes seq ``C + 1`` linking to the
+        server's ``H``, and every provisional event ``s`` becomes ``s + C + 1`` with
+        fresh ``prev_hash``/``hash``. Seq references inside payloads (``decision_seq``,
+        ``delivery_seq``, a ``gap``'s ``from_seq``/``to_seq``) and declared holes move
+        with them; a hole keeps its ``last_hash``, which the event after it still links to.
+        The outbox becomes ``(C, H)`` and the flag is cleared.
+
+        Returns:
+            Where the ``db_lost`` gap event landed (seq ``C + 1``).
+
+        Raises:
+            StoreError: no rebase is pending, or a rewritten event would exceed 4096 bytes.
+            StoreUnavailable: the transaction failed.
+        """
+        _, _, at_d = self._check_item("gap", {}, at)
+        if self._closed:
+            raise StoreUnavailable("event store is closed")
+        off = base_seq + 1
+        with self._commit_lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                next_seq, pending = conn.execute("SELECT next_seq, rebase_pending FROM meta WHERE id = 1").fetchone()
+                if not pending:
+                    raise StoreError("no rebase pending")
+                holes = conn.execute("SELECT from_seq, to_seq, last_hash, cause, gap_seq FROM dropped").fetchall()
+                hole_by_end = {h[1]: h for h in holes}
+                gap_payload = _gap_payload("db_lost", False, None, None, None, None, None, None)
+                _, gbody, ghash = build_event(
+                    device_id=self.device_id, seq=off, kind="gap", at=at_d, payload=gap_payload, prev_hash=base_hash
+                )
+                conn.execute("DROP TABLE IF EXISTS rebase_new")
+                conn.execute("CREATE TABLE rebase_new (seq INTEGER PRIMARY KEY, kind TEXT, wall TEXT, body TEXT, "
+                             "hash TEXT)")
+                conn.execute("INSERT INTO rebase_new VALUES (?, 'gap', ?, ?, ?)",
+                             (off, at_d["wall"], gbody.decode("utf-8"), ghash))
+                prev_seq, prev_hash = 0, ghash
+                while True:
+                    rows = conn.execute(
+                        "SELECT seq, kind, wall, body FROM events WHERE seq > ? ORDER BY seq LIMIT 2000", (prev_seq,)
+                    ).fetchall()
+                    if not rows:
+                        break
+                    out = []
+                    for seq, kind, wall, body in rows:
+                        if seq - 1 in hole_by_end:
+                            prev_hash = hole_by_end[seq - 1][2]
+                        ev = json.loads(body)
+                        payload = _renumber(kind, ev["payload"], off, next_seq)
+                        try:
+                            _, nbody, nhash = build_event(
+                                device_id=self.device_id, seq=seq + off, kind=kind, at=ev["at"], payload=payload,
+                                prev_hash=prev_hash,
+                            )
+                        except FormatError as exc:
+                            raise StoreError(f"event {seq} cannot be rebased to {seq + off}: {exc}") from exc
+                        out.append((seq + off, kind, wall, nbody.decode("utf-8"), nhash))
+                        prev_seq, prev_hash = seq, nhash
+                    conn.executemany("INSERT INTO rebase_new VALUES (?, ?, ?, ?, ?)", out)
+                if next_seq - 1 in hole_by_end:
+                    prev_hash = hole_by_end[next_seq - 1][2]
+                conn.execute("DELETE FROM events")
+                conn.execute("INSERT INTO events (seq, kind, wall, body, hash) SELECT seq, kind, wall, body, hash "
+                             "FROM rebase_new ORDER BY seq")
+                conn.execute("DROP TABLE rebase_new")
+                conn.execute("DELETE FROM dropped")
+                conn.executemany(
+                    "INSERT INTO dropped (from_seq, to_seq, last_hash, cause, gap_seq) VALUES (?, ?, ?, ?, ?)",
+                    [(f + off, t + off, lh, cause, g + off) for f, t, lh, cause, g in holes],
+                )
+                conn.execute("UPDATE meta SET next_seq = ?, head_hash = ?, rebase_pending = 0 WHERE id = 1",
+                             (next_seq + off, prev_hash))
+                conn.execute(
+                    "UPDATE outbox SET acked_seq = ?, acked_hash = ?, pruned_through = ?, pruned_hash = ?, "
+                    "state = 'ok', failures = 0, last_error = NULL WHERE id = 1",
+                    (base_seq, base_hash, base_seq, base_hash),
+                )
+                conn.execute("DELETE FROM acks")
+                crashpoint("agent.mid_rebase")
+                conn.execute("COMMIT")
+            except StoreError:
+                self._rollback()
+                raise
+            except (sqlite3.Error, OSError, FormatError, ValueError, KeyError) as exc:
+                self._rollback()
+                raise StoreUnavailable(f"rebase failed: {exc}") from exc
+        log.warning("store rebased provisional chain: events=%d now seq=%d..%d behind server seq=%d",
+                    next_seq - 1, off + 1, next_seq - 1 + off, base_seq)
+        return Appended(off, ghash)
+
     # -- the memory queue (§1.6) -----------------------------------------------------------------
 
     def append_or_hold(self, kind: str, payload: Mapping[str, Any], at: Mapping[str, Any]) -> Appended | None:
@@ -739,3 +971,35 @@ def _gap_payload(
         "last_wall": last_wall,
         "last_hash": last_hash,
     }
+
+
+def _valid_wall(value: object) -> str | None:
+    """A stored ``wall`` value if it is a valid time (damaged rows may hold anything)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return None
+    try:
+        parse_ms(value)
+    except ValueError:
+        return None
+    return value
+
+
+def _wall_of(conn: sqlite3.Connection, seq: int) -> str | None:
+    row = conn.execute("SELECT CAST(wall AS BLOB) FROM events WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else _valid_wall(row[0])
+
+
+_SEQ_REFS = ("decision_seq", "delivery_seq")
+
+
+def _renumber(kind: str, payload: dict[str, Any], off: int, next_seq: int) -> dict[str, Any]:
+    """Payload with its references to provisional seqs moved by ``off`` (rebase, §1.9)."""
+    out = dict(payload)
+    keys = (*_SEQ_REFS, "from_seq", "to_seq") if kind == "gap" else _SEQ_REFS
+    for key in keys:
+        v = out.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and 1 <= v < next_seq:
+            out[key] = v + off
+    return out

@@ -25,6 +25,7 @@ from pathlib import Path
 from edge.errors import StoreError
 from edge.store.events import OutboxState
 from edge.store.schema import connect, create_events_schema
+from sync.crashpoints import crashpoint
 from sync.timefmt import format_ms, parse_ms
 
 __all__ = ["Outbox"]
@@ -145,6 +146,7 @@ class Outbox:
                 ).fetchone()
                 cur = c.execute("DELETE FROM events WHERE seq > ? AND seq <= ?", (pruned, hi))
                 deleted += cur.rowcount
+                crashpoint("agent.mid_prune")
                 if last is not None:
                     c.execute("UPDATE outbox SET pruned_through = ?, pruned_hash = ? WHERE id = 1", (last[0], last[1]))
                 else:

@@ -1,0 +1,61 @@
+"""Readiness and watchdog pings to systemd (hardware.md §4.4).
+
+``sdnotify`` is a silent no-op without ``NOTIFY_SOCKET`` and understands an
+abstract socket ``@…``. Rules: ``READY=1`` once; ``STATUS=…`` on every change;
+``WATCHDOG=1`` from the loop that must stay alive (the agent's main loop), at
+most once a second and at least every ``WATCHDOG_USEC / 2``; no pings when
+``WATCHDOG_PID`` names another process; ``STOPPING=1`` on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+
+import sdnotify
+
+__all__ = ["Notifier"]
+
+
+class Notifier:
+    def __init__(self, env: Mapping[str, str] | None = None, *, mono: Callable[[], float] = time.monotonic) -> None:
+        env = os.environ if env is None else env
+        self._n = sdnotify.SystemdNotifier()
+        self._mono = mono
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        self.watchdog_s: float | None = None
+        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            self.watchdog_s = int(usec) / 1_000_000
+        self._last_ping = -1e9
+        self._status: str | None = None
+        self.readied = False
+
+    @property
+    def ping_every_s(self) -> float:
+        """How often the loop must come round to keep the watchdog fed."""
+        if self.watchdog_s is None:
+            return 5.0
+        return max(1.0, self.watchdog_s / 2)
+
+    def ready(self) -> None:
+        if not self.readied:
+            self.readied = True
+            self._n.notify("READY=1")
+
+    def status(self, text: str) -> None:
+        if text != self._status:
+            self._status = text
+            self._n.notify(f"STATUS={text}")
+
+    def ping(self) -> None:
+        if self.watchdog_s is None:
+            return
+        now = self._mono()
+        if now - self._last_ping >= 1.0:
+            self._last_ping = now
+            self._n.notify("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self._n.notify("STOPPING=1")
