@@ -100,27 +100,39 @@ CREATE TABLE IF NOT EXISTS clock (
   confirmed_boottime_ms INTEGER,
   generation            INTEGER NOT NULL DEFAULT 0
 );
+-- keys: the keys document in force (bundles.md §3.4 K6), bytes as received (no semicolons in
+-- these comments: the DDL is split on them).
 CREATE TABLE IF NOT EXISTS keys (
   id          INTEGER PRIMARY KEY CHECK (id = 1),
   version     INTEGER NOT NULL,
   fleet       TEXT    NOT NULL,
-  sha256      TEXT    NOT NULL,
+  sha256      TEXT    NOT NULL,            -- document id (§1.2)
   bytes       BLOB    NOT NULL,
-  applied_seq INTEGER,
+  expires_ms  INTEGER NOT NULL,
+  applied_seq INTEGER,                     -- seq of its keys_applied event, NULL until written (§3.6)
   generation  INTEGER NOT NULL DEFAULT 0
 );
+-- bundle: the bundle pointer (bundles.md §3.6). The version lives only here, with the bundle it
+-- belongs to. Times and the stale threshold are copied from the manifest and settings part so
+-- that freshness (§4.1) is computed from this row alone.
 CREATE TABLE IF NOT EXISTS bundle (
   id                INTEGER PRIMARY KEY CHECK (id = 1),
   manifest          BLOB    NOT NULL,
   manifest_id       TEXT    NOT NULL,
   keys_version      INTEGER NOT NULL,
   version           INTEGER NOT NULL,
-  site              TEXT,
-  bundle_file       TEXT    NOT NULL,
+  previous_version  INTEGER,               -- the version it replaced (bundle_applied payload)
+  gate_site         TEXT,                  -- the gate's site when applied (M6/M7 scope)
+  bundle_file       TEXT    NOT NULL,      -- file name under bundles/
+  issued_at_ms      INTEGER NOT NULL,
+  server_time_ms    INTEGER NOT NULL,
+  expires_ms        INTEGER NOT NULL,
+  stale_after_s     INTEGER NOT NULL,
+  mode              TEXT    NOT NULL,
   last_confirmed_ms INTEGER NOT NULL,
   signer_revoked    INTEGER NOT NULL DEFAULT 0,
   corrupt           INTEGER NOT NULL DEFAULT 0,
-  applied_seq       INTEGER,
+  applied_seq       INTEGER,               -- seq of its bundle_applied event, NULL until written
   generation        INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS binding (
