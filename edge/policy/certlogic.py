@@ -822,6 +822,11 @@ class Program:
         self._lax: DataFn = _Compiler(strict=False).node(expression, 1, ())
         self._strict: DataFn | None = None
 
+    def prepare_strict(self) -> None:
+        """Compile the strict-paths variant now rather than at its first use."""
+        if self._strict is None:
+            self._strict = _Compiler(strict=True).node(self.expression, 1, ())
+
     def evaluate(self, data: Any, *, strict_paths: bool = False) -> Any:
         """Evaluate against ``data``.
 
