@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 
 from edge.credentials.errors import TrustError
 
@@ -246,7 +248,11 @@ def _epoch(dt: datetime) -> int:
 def _parse_certificate(der: bytes) -> tuple[Any, int, int, tuple[str, ...] | None, str | None]:
     """Key, notBefore, notAfter (epoch s), EKU OIDs (None: no extension), and a note."""
     try:
-        cert = x509.load_der_x509_certificate(der)
+        with warnings.catch_warnings():
+            # A negative serial number is only a deprecation warning today; make it a refusal
+            # now so such certificates always take the same road (the DER walk).
+            warnings.simplefilter("error", CryptographyDeprecationWarning)
+            cert = x509.load_der_x509_certificate(der)
         key = cert.public_key()
         not_before = _epoch(cert.not_valid_before_utc)
         not_after = _epoch(cert.not_valid_after_utc)
