@@ -14,7 +14,7 @@ import cbor2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
@@ -139,11 +139,12 @@ def dcc_recovery_payload() -> dict[str, Any]:
 
 
 def sign_raw(private: Any, message: bytes, alg: int) -> bytes:
-    if alg == -37:
-        return private.sign(  # type: ignore[no-any-return]
-            message, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), hashes.SHA256())
-    if alg == -8:
-        return private.sign(message)  # type: ignore[no-any-return]
+    """Sign as the key's type does (the ``alg`` label may lie: tests of mismatches)."""
+    if isinstance(private, rsa.RSAPrivateKey):
+        return private.sign(message, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+                            hashes.SHA256())
+    if isinstance(private, ed25519.Ed25519PrivateKey):
+        return private.sign(message)
     der = private.sign(message, ec.ECDSA(hashes.SHA256()))
     r, s = decode_dss_signature(der)
     size = (private.curve.key_size + 7) // 8
