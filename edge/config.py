@@ -50,6 +50,11 @@ class GateSection(ConfigModel):
         description="This gate's id (sync.md §0); the enrolment identity overrides it once enrolled.",
     )
     data_dir: Path = Field(Path("var/gate"), description="Directory holding all of the gate's state.")
+    site_id: str | None = Field(
+        None,
+        description="Site of a gate that is not enrolled (air-gapped, 'gate import'); enrolment's site_id "
+        "overrides it. None: only fleet-wide bundles apply (bundles.md §1.4).",
+    )
     lane: Literal["person", "green_lane"] = Field("person", description="Person lane or truck green lane.")
     tz: str = Field("Asia/Shanghai", description="IANA time zone of the site (shift windows, local minute).")
 
@@ -57,6 +62,13 @@ class GateSection(ConfigModel):
     @classmethod
     def _device_id(cls, v: str) -> str:
         if not valid_device_id(v):
+            raise ValueError("must match ^[a-z0-9][a-z0-9-]{2,62}$")
+        return v
+
+    @field_validator("site_id")
+    @classmethod
+    def _site_id(cls, v: str | None) -> str | None:
+        if v is not None and not valid_device_id(v):
             raise ValueError("must match ^[a-z0-9][a-z0-9-]{2,62}$")
         return v
 

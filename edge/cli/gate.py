@@ -28,7 +28,9 @@ def gate() -> None:
 
 @gate.command()
 @config_option
-def init(config_path: str | None) -> None:
+@click.option("--keys", "keys_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The fleet's keys document to trust first (bundles.md §2.2); prints its root key ids.")
+def init(config_path: str | None, keys_file: Path | None) -> None:
     """Create the data directory, the event log and the clock row (idempotent)."""
     from edge.clock import TrustedClock
     from edge.store.events import EventStore
@@ -41,6 +43,10 @@ def init(config_path: str | None) -> None:
         TrustedClock(state)
         head = store.head()
     click.echo(f"gate {device_id}: data directory {data_dir} ready, event log at seq {head.last_seq}")
+    if keys_file is not None:
+        from edge.cli.bundles import install_anchor_file
+
+        install_anchor_file(cfg, data_dir, keys_file)
 
 
 @gate.command()

@@ -50,6 +50,7 @@ __all__ = [
     "check_part_listing",
     "check_threshold",
     "keys_expired",
+    "root_signatures",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def keys_expired(keys: KeysDoc, now_ms: int) -> bool:
     return now_ms >= keys.expires_ms
 
 
-def _count_root(doc: SignedDocument, roots: KeysDoc) -> tuple[int, list[str]]:
+def root_signatures(doc: SignedDocument, roots: KeysDoc) -> tuple[int, list[str]]:
+    """(valid signatures by the root keys of ``roots``, keyids of root keys whose signature failed)."""
     role = roots.roles["root"]
     message = doc.message
     good, failed = 0, []
@@ -150,8 +152,8 @@ def check_keys_update(
     ids = [s.keyid for s in new.doc.signatures]  # K3: S1, then both root thresholds
     if len(ids) != len(set(ids)):
         raise reject("duplicate_keyid", "a keyid signed twice")
-    old_good, old_failed = _count_root(new.doc, held)
-    new_good, new_failed = _count_root(new.doc, new)
+    old_good, old_failed = root_signatures(new.doc, held)
+    new_good, new_failed = root_signatures(new.doc, new)
     old_ok = old_good >= held.roles["root"].threshold
     new_ok = new_good >= new.roles["root"].threshold
     if not (old_ok and new_ok):
