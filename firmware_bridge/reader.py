@@ -74,9 +74,11 @@ def open_serial(port: str, baudrate: int) -> serial.Serial:
 def _describe_open_error(port: str, exc: BaseException) -> str:
     text = str(exc)
     if "exclusively lock" in text:
-        return f"port busy: {port} is held by another process ({text})"
-    if "No such file" in text or "could not open port" in text and "Errno 2" in text:
-        return f"port missing: {port} ({text})"
+        return f"port busy: {port} is held by another process (stop the gate, or the other reader, first)"
+    if "Errno 2]" in text or isinstance(exc, FileNotFoundError):
+        return f"port missing: {port} (unplugged, or a wrong path; prefer /dev/serial/by-id/...)"
+    if "Errno 13]" in text or isinstance(exc, PermissionError):
+        return f"permission denied: {port} (is the user in the dialout group?)"
     return f"cannot open {port}: {text}"
 
 
@@ -108,6 +110,8 @@ class _Driver(Protocol):
     def garbage_bytes(self) -> int: ...
     @property
     def timeouts(self) -> int: ...
+    @property
+    def ignored(self) -> int: ...
 
 
 class _GyDriver:
@@ -153,6 +157,10 @@ class _GyDriver:
     @property
     def timeouts(self) -> int:
         return 0
+
+    @property
+    def ignored(self) -> int:
+        return self.parser.stats.other_frames
 
 
 class _ModbusDriver:
@@ -241,6 +249,10 @@ class _ModbusDriver:
     def timeouts(self) -> int:
         return self._timeouts
 
+    @property
+    def ignored(self) -> int:
+        return 0
+
 
 class _AsciiDriver:
     def __init__(self, opts: ThermometerOptions) -> None:
@@ -250,7 +262,7 @@ class _AsciiDriver:
         self._next_write = 0.0
 
     def reset(self, now: float) -> None:
-        self.parser.reset()
+        self.parser.resync()  # the flush may have cut a line: never read its tail as a value
         self._next_write = now
 
     def tick(self, now: float) -> _Action:
@@ -273,6 +285,10 @@ class _AsciiDriver:
     @property
     def timeouts(self) -> int:
         return 0
+
+    @property
+    def ignored(self) -> int:
+        return self.parser.stats.ignored
 
 
 _DRIVERS: dict[str, Callable[[ThermometerOptions], _Driver]] = {
@@ -367,6 +383,7 @@ class Thermometer:
                 reopens=self._reopens,
                 exceptions=self._exceptions,
                 implausible=self._implausible,
+                ignored=self._driver.ignored,
             )
             cutoff = int(now) - 60
             per_min = sum(c for sec, c in self._bad_per_s if sec > cutoff)

@@ -67,6 +67,7 @@ class Counters:
     reopens: int = 0  # close/reopen after reopen_after_s of silence (not counted in reconnects)
     exceptions: int = 0  # Modbus exception replies
     implausible: int = 0  # well-formed frames with values no sensor reports (also in bad_frames)
+    ignored: int = 0  # well-formed input without a reading: ASCII banners/debug lines, GY other frame types
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

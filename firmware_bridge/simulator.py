@@ -183,6 +183,7 @@ class ThermometerSim:
         reset_on_open: behave like an Arduino whose auto-reset capacitor restarts it
             whenever the host opens the port (1.5 s silence, noise, banner).
         auto_output: GY power-up behaviour (``A5 51 F6`` on / ``A5 52 F7`` off).
+        reset_silence_s: the silence of a reset (1.5 s as §1.11; shorter in fast tests).
     """
 
     def __init__(
@@ -202,6 +203,7 @@ class ThermometerSim:
         request: str | None = None,
         reset_on_open: bool = False,
         auto_output: bool = True,
+        reset_silence_s: float = RESET_SILENCE_S,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise SimError(f"protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
@@ -227,6 +229,9 @@ class ThermometerSim:
         self.request = request.strip() if request and request.strip() else None
         self.reset_on_open = reset_on_open
         self.auto_output = auto_output
+        if not 0 <= reset_silence_s <= 60:
+            raise SimError(f"reset silence {reset_silence_s!r} s out of range (0-60)")
+        self.reset_silence_s = reset_silence_s
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
         self._manual: tuple[float, float | None] | None = None  # present(): (object, ambient)
@@ -299,9 +304,9 @@ class ThermometerSim:
         self._wake()
 
     def reset(self) -> None:
-        """Arduino-style reset: 1.5 s silence, 2-6 noise bytes, the banner, then normal output."""
+        """Arduino-style reset: ``reset_silence_s`` (1.5 s) silence, 2-6 noise bytes, the banner, then normal output."""
         with self._lock:
-            self._reset_until = time.monotonic() + RESET_SILENCE_S
+            self._reset_until = time.monotonic() + self.reset_silence_s
             self._out.clear()
         self._wake()
 
@@ -628,14 +633,15 @@ class ThermometerSim:
             elif kind == "unplug":
                 self._do_unplug(now, dur)
             elif kind == "reset":
-                self._reset_until = now + RESET_SILENCE_S
+                self._reset_until = now + self.reset_silence_s
                 self._out.clear()
         if self._unplugged_until is not None and now >= self._unplugged_until:
             self._replug(now)
         if self._reset_until is not None and now >= self._reset_until:
             self._reset_until = None
             self._sent["reset"] += 1
-            noise = bytes(self._rng.randint(0x80, 0xFF) for _ in range(self._rng.randint(2, 6)))
+            # Power-on glitch: a NUL, then high bytes (what a UART sees while the board boots).
+            noise = b"\x00" + bytes(self._rng.randint(0x80, 0xFF) for _ in range(self._rng.randint(1, 5)))
             self._queue(noise + b"\r\n" + BANNER, now)
             if self.protocol == "gy-mcu90614":
                 self._gy_continuous = self.auto_output  # a restart applies the power-up setting
@@ -719,7 +725,7 @@ class ThermometerSim:
                 self._sent["host_open"] += 1
                 if self.reset_on_open:
                     # DTR edge on open restarts an Arduino (hardware.md §1.6).
-                    self._reset_until = time.monotonic() + RESET_SILENCE_S
+                    self._reset_until = time.monotonic() + self.reset_silence_s
                     self._out.clear()
             self._connected = connected
 

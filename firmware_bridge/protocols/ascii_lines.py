@@ -112,8 +112,20 @@ class AsciiLineParser:
         return len(self._buf)
 
     def reset(self) -> None:
+        """Forget the buffered partial line."""
         self._buf.clear()
         self._discarding = False
+
+    def resync(self) -> None:
+        """Drop everything up to the next terminator (not counted as overflow).
+
+        After ``reset_input_buffer()`` the next byte may be in the middle of a line,
+        and a line's tail can look like a whole reading: ``34.35`` cut after the dot
+        reads as ``35``, a plausible forehead value. The reader calls this after every
+        flush and loses at most one complete line.
+        """
+        self._buf.clear()
+        self._discarding = True
 
     def feed(self, data: bytes | bytearray) -> list[Sample]:
         out: list[Sample] = []
