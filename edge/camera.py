@@ -829,7 +829,8 @@ class Camera:
             log.debug("camera reopen source=%s in_s=%.1f", self.source.label, delay)
             if self._stop.wait(delay):
                 break
-        self._set(absent=self._absent, detail="stopped")
+        with self._lock:
+            self._detail = "stopped"
 
     def _session(self) -> bool:
         """Open the source and read until it fails; True when it gave at least one frame."""
