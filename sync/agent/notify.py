@@ -10,6 +10,7 @@ most once a second and at least every ``WATCHDOG_USEC / 2``; no pings when
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 
@@ -20,8 +21,10 @@ __all__ = ["Notifier"]
 
 class Notifier:
     def __init__(self, env: Mapping[str, str] | None = None, *, mono: Callable[[], float] = time.monotonic) -> None:
+        self._n = sdnotify.SystemdNotifier()  # connects to $NOTIFY_SOCKET of this process
+        if env is not None and env is not os.environ:
+            self._n.socket = _connect(env.get("NOTIFY_SOCKET"))
         env = os.environ if env is None else env
-        self._n = sdnotify.SystemdNotifier()
         self._mono = mono
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
@@ -59,3 +62,17 @@ class Notifier:
 
     def stopping(self) -> None:
         self._n.notify("STOPPING=1")
+
+
+def _connect(addr: str | None) -> socket.socket | None:
+    """A datagram socket to ``addr`` (``@name``: abstract), or None: notifications become no-ops."""
+    if not addr:
+        return None
+    target = "\0" + addr[1:] if addr.startswith("@") else addr
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.connect(target)
+    except OSError:
+        sock.close()
+        return None
+    return sock

@@ -63,6 +63,26 @@ class FakeServer:
         self.duplicates = 0
         self.refuse: Callable[[httpx.Request, dict[str, Any] | None], httpx.Response | None] | None = None
         self.lock = threading.Lock()
+        self.codes: dict[str, str | None] = {}   # normalised code -> public key bound (None: unused)
+        self.keys_docs: dict[str, bytes] = {}
+
+    def _enroll(self, doc: dict[str, Any]) -> httpx.Response:
+        from sync.keys import ed25519_keyid
+        from sync.signing import enroll_text, normalise_code
+
+        code = normalise_code(str(doc.get("code", "")))
+        pub = str(doc.get("public_key", ""))
+        if code not in self.codes or self.codes[code] not in (None, pub):
+            return self._err(403, "invalid_code")
+        if not verify_ed25519(pub, enroll_text(code, pub), str(doc.get("proof", ""))):
+            return self._err(400, "bad_proof")
+        self.codes[code] = pub
+        self.device_public = pub
+        return self._json(200, {
+            "device_id": self.device_id, "site_id": "fc-plant-1",
+            "venue": {"venue_id": "411322-0031-01", "zone": "A", "door": "east"}, "firm_id": "F0012",
+            "keyid": ed25519_keyid(pub), "server_key": self.server_key.public, "pid_key": "11" * 32, "pid_kid": 1,
+            "keys_version": 1, "server_time": format_ms(self.now_ms())})
 
     # -- signed answers --------------------------------------------------------------------------
 
@@ -106,7 +126,12 @@ class FakeServer:
     def _handle(self, request: httpx.Request, raw: bytes) -> httpx.Response:
         path = request.url.raw_path.decode()
         if path.startswith("/v1/keys/"):
+            n = path[len("/v1/keys/"):-len(".json")]
+            if n in self.keys_docs:
+                return httpx.Response(200, content=self.keys_docs[n])
             return self._err(404, "not_found")
+        if path == "/v1/enroll" and request.method == "POST":
+            return self._enroll(json.loads(raw))
         prefix = f"/v1/devices/{self.device_id}/"
         if not path.startswith("/v1/devices/"):
             return self._err(404, "not_found")
