@@ -70,6 +70,8 @@ __all__ = [
     "DeepPass",
     "Deduper",
     "Effort",
+    "Scanner",
+    "Sighting",
     "Symbol",
     "configure",
     "decode",
@@ -879,3 +881,136 @@ class DeepPass:
                     self._busy = False
                     self._finished_at = self._clock()
                     self._cond.notify_all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The gate's decode loop (§2.4), for the gate process to run
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """New symbols (after de-duplication) found in one frame, in position order."""
+
+    frame: Any  # the edge.camera.Frame (its t_capture starts the latency budget, §2.7)
+    symbols: list[Symbol]
+    path: Literal["fast", "deep"]
+    t_decoded: float  # time.monotonic() when the decode returned
+
+
+class Scanner:
+    """The ``decode:fast`` thread: newest frame → fast decode → de-dup → ``on_new``; frames where
+    nothing was found go to the :class:`DeepPass` (§2.4).
+
+    ``on_new(sighting)`` is called for new symbols only, from this thread or the deep worker,
+    never both at once (calls are serialised), so the decision path sees one code once per
+    ``hold_s`` (§2.5). The fast path never waits for the deep one.
+
+    Args:
+        slot: an :class:`edge.camera.LatestFrame` (anything with ``get(after_seq, timeout)``).
+        on_new: the decision path.
+        decoder: shared by both paths (default: the process-wide one, see :func:`configure`).
+        hold_s, deep_interval_s, formats, roi: ``[decode]`` and ``[camera] roi``.
+    """
+
+    def __init__(
+        self,
+        slot: Any,
+        on_new: Callable[[Sighting], None],
+        *,
+        decoder: Decoder | None = None,
+        hold_s: float = 3.0,
+        deep_interval_s: float = 1.0,
+        formats: Sequence[str] = ("QRCode",),
+        roi: Sequence[int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "decode:fast",
+    ) -> None:
+        self.slot = slot
+        self._on_new = on_new
+        self._decoder = decoder
+        self._formats = tuple(formats)
+        self._roi = tuple(roi) if roi else None
+        _formats(self._formats)  # unknown names fail here, at start, not per frame
+        _check_roi(self._roi)
+        self._clock = clock
+        self._name = name
+        self.deduper = Deduper(hold_s, clock=clock)
+        self.deep = DeepPass(
+            self._from_deep, interval_s=deep_interval_s, decoder=decoder, formats=self._formats, roi=self._roi,
+            clock=clock,
+        )  # fmt: skip
+        self._deliver = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.frames = 0
+        self.sightings = 0
+        self.last_decode_ms = 0.0
+
+    @property
+    def decoder(self) -> Decoder:
+        return self._decoder or default_decoder()
+
+    def start(self) -> Scanner:
+        if self._thread is None:
+            self._stop.clear()
+            self.deep.start()
+            self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop both threads (idempotent)."""
+        self._stop.set()
+        wake = getattr(self.slot, "wake", None)
+        if wake is not None:
+            wake()
+        t, self._thread = self._thread, None
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+        self.deep.stop(timeout)
+
+    close = stop
+
+    def __enter__(self) -> Scanner:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _emit(self, frame: Any, symbols: list[Symbol], path: Literal["fast", "deep"], t: float) -> None:
+        with self._deliver:
+            new = self.deduper.filter(symbols)
+            if not new:
+                return
+            self.sightings += 1
+            try:
+                self._on_new(Sighting(frame, new, path, t))
+            except Exception:
+                log.exception("%s decision callback failed", self._name)
+
+    def _from_deep(self, frame: Any, symbols: list[Symbol]) -> None:
+        self._emit(frame, symbols, "deep", self._clock())
+
+    def _loop(self) -> None:
+        seq = 0
+        while not self._stop.is_set():
+            try:
+                frame = self.slot.get(seq, timeout=0.5)
+                if frame is None or self._stop.is_set():
+                    continue
+                seq = frame.seq
+                self.frames += 1
+                t0 = self._clock()
+                symbols = self.decoder.decode(frame.image, effort="fast", formats=self._formats, roi=self._roi)
+                t1 = self._clock()
+                self.last_decode_ms = (t1 - t0) * 1000
+                if symbols:
+                    self._emit(frame, symbols, "fast", t1)
+                else:
+                    with self._deliver:
+                        self.deduper.filter([])  # expire keys on empty frames too (§2.5)
+                    self.deep.offer(frame)
+            except Exception:
+                # A bad frame must not end the gate's scanning: log it and take the next one.
+                log.exception("%s failed on frame seq=%d", self._name, seq)
+                self._stop.wait(0.05)
