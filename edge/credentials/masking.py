@@ -2,7 +2,8 @@
 
 One definition for the whole project: issuers mask before minting, the gate masks DCC
 names and anything else it shows, the server's exports mask again with these functions.
-Masking is idempotent (a masked name masks to itself), so masking twice is harmless.
+Masking twice is harmless: a masked name masks to itself (or, for a mixed-script name
+whose CJK characters were all masked away, to a still more masked form).
 
 | function | rule |
 |---|---|
@@ -66,18 +67,21 @@ def _revealed(text: str) -> int:
 
 
 def looks_masked(name: str | None) -> bool:
-    """True when ``name`` is of a masked shape: it is its own masked form, or it holds
-    ``*`` and shows no more characters than ``mask_name`` would (issuers may mask more,
-    e.g. ``张**``). A full name such as ``张三`` or ``ZHAO SAN`` is False.
+    """True when ``name`` is of a masked shape (sync.md §5.5 ``pii_unmasked``).
+
+    That is: it is its own masked form, or it holds ``*`` and shows no more characters
+    than a mask of either rule would, so names issuers masked a little differently
+    (``张**``) or whose masked form has no CJK character left (``0*0``) pass, while a
+    full name (``张三``, ``ZHAO SAN``) does not.
     """
     if name is None or name == "":
         return True
-    masked = mask_name(name)
-    if name == masked:
+    if mask_name(name) == name:
         return True
     if "*" not in name:
         return False
-    if has_cjk(name):
-        return _revealed(name) <= _revealed(masked)
-    # Latin names: no word may show more than its first letter.
-    return all(_revealed(w) <= 1 for w in _WORD_SPLIT.split(name.strip()) if w)
+    compact = "".join(name.split())
+    n = len(compact)
+    if _revealed(compact) <= (0 if n <= 1 else 1 if n == 2 else 2):
+        return True  # the CJK rule: at most first and last
+    return all(_revealed(w) <= 1 for w in _WORD_SPLIT.split(name.strip()) if w)  # the word rule
