@@ -305,6 +305,7 @@ class GateApp:
         env: Mapping[str, str] | None = None,
         create_data_dir: bool = False,
         console: bool | None = None,
+        thermometer_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.env = dict(os.environ if env is None else env)
@@ -312,6 +313,7 @@ class GateApp:
         self._own_factory = pin_factory is None
         self._camera = camera
         self._thermometer = thermometer
+        self._thermometer_options = dict(thermometer_options or {})
         self._on_decision = on_decision
         self._ntp = ntp
         self._create = create_data_dir
@@ -457,6 +459,9 @@ class GateApp:
         self._measure_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="thermometer:measure")
         # 3. console, then ready; camera and thermometer may be absent and are not waited for
         self._update_status(reading)
+        # Started, never waited for: both may be absent and the gate then refers (§4.1).
+        self._start_thermometer()
+        self._start_camera()
         if self._want_console:
             self.console = ConsoleServer(cfg.console, self)
             self.console.start()
@@ -465,8 +470,6 @@ class GateApp:
         self.notifier.send("READY=1")
         log.info("gate ready device=%s lane=%s console=%s", self.device_id, cfg.gate.lane,
                  self.console.url if self.console else "off")
-        self._start_thermometer()
-        self._start_camera()
 
     def _start_camera(self) -> None:
         from edge.camera import Camera
@@ -482,7 +485,8 @@ class GateApp:
         if self._thermometer is None:
             from firmware_bridge.reader import open_thermometer
 
-            self._thermometer = open_thermometer(**cfg.model_dump(), clock=self._trusted_datetime)
+            options = {**cfg.model_dump(), "clock": self._trusted_datetime, **self._thermometer_options}
+            self._thermometer = open_thermometer(**options)
         self.thermometer_obj = self._thermometer
 
     def _trusted_datetime(self) -> datetime:

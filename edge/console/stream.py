@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,13 @@ class Broadcaster:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subs: set[Subscription] = set()
+        self._listeners: list[Callable[[Message], None]] = []
         self._closed = False
+
+    def add_listener(self, fn: Callable[[Message], None]) -> None:
+        """Call ``fn(message)`` synchronously on every publish (the demo's director); keep it cheap."""
+        with self._lock:
+            self._listeners.append(fn)
 
     def subscribe(self, loop: asyncio.AbstractEventLoop) -> Subscription:
         sub = Subscription(self, loop)
@@ -94,6 +101,12 @@ class Broadcaster:
         msg = Message(event, data, id)
         with self._lock:
             subs = list(self._subs)
+            listeners = list(self._listeners)
+        for fn in listeners:
+            try:
+                fn(msg)
+            except Exception:
+                log.exception("console listener failed")
         for sub in subs:
             try:
                 sub.loop.call_soon_threadsafe(sub._put, msg)

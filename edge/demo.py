@@ -1,0 +1,577 @@
+"""``checkpoint demo``: the whole gate on embedded defaults, in one process tree, offline.
+
+What it builds at start (nothing is shipped pre-made, so a fresh clone works):
+
+1. keys: root, publisher and server keys for a demo fleet, an issuer key for
+   health codes and passes, a firm key for venue and material codes;
+2. a signed bundle through the bundle tools' own code path
+   (``sync.bundle`` build, ``keys_body``/``manifest_body``, ``add_signatures``) from the
+   default rule set in ``config/rules/`` plus a demo roster, firms, visitors and guard
+   accounts, applied to each gate as ``checkpoint gate import`` applies it;
+3. CK1 codes minted for the demo people, rendered as QR images.
+
+Then it runs two gates (a person lane with the thermometer simulator on a pty, and a
+green lane for trucks) on mock pins. A director plays the people: it puts each
+code's picture into the gate's image folder (the real capture → decode path),
+presents a forehead to the simulated thermometer just before, and steps back and
+presents again when the gate asks for a re-measure. Each decision is printed as one
+line; the consoles' URLs are printed at start. ``--duration`` stops it and exits 0.
+
+``DemoWorld`` is reused by the gate's tests and ``bench/latency.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["DemoCode", "DemoPerson", "DemoWorld", "demo", "install_bundle", "qr_image"]
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+RULES_DIR = REPO / "config" / "rules"
+FLEET = "demo-fleet"
+HOST_FIRM = "F0012"
+CARRIER = "F0088"
+OTHER_FIRM = "F0999"
+IMAGE_SIZE = (640, 480)
+
+
+@dataclass(frozen=True)
+class DemoPerson:
+    """Somebody the director walks up to a gate."""
+
+    key: str
+    what_zh: str
+    what_en: str
+    name: str                      # masked (credentials.md §7.2)
+    role: str
+    firm: str
+    colour: str
+    flags: tuple[str, ...] = ()
+    test_age_h: int | None = 20
+    on_roster: bool = True
+    object_c: float | None = 34.2  # forehead reading; None: does not measure
+    fever: bool = False
+    expect: str = "admit"
+
+
+PEOPLE: tuple[DemoPerson, ...] = (
+    DemoPerson("green-staff", "绿码员工", "green-code staff", "张*三", "staff", HOST_FIRM, "green", object_c=34.2),
+    DemoPerson("yellow-staff", "白名单企业黄码员工", "yellow code, whitelisted firm", "李*", "staff", HOST_FIRM,
+               "yellow", test_age_h=10, object_c=34.6),
+    DemoPerson("red-contact", "红码密接", "red code, close contact", "王*", "staff", HOST_FIRM, "red",
+               flags=("close_contact",), object_c=34.3, expect="deny"),
+    DemoPerson("expired-test", "核酸超时", "test too old", "赵*明", "staff", HOST_FIRM, "green", test_age_h=60,
+               object_c=34.0, expect="deny"),
+    DemoPerson("visitor", "未报备访客", "unregistered visitor", "孙*", "visitor", OTHER_FIRM, "green",
+               on_roster=False, object_c=34.4, expect="deny"),
+    DemoPerson("fever", "发热员工", "feverish staff", "周*芳", "staff", HOST_FIRM, "green", object_c=35.5,
+               fever=True, expect="deny"),
+)
+DRIVER = DemoPerson("driver", "货车司机", "truck driver", "吴*", "logistics", CARRIER, "green", test_age_h=10,
+                    on_roster=False, object_c=None)
+PLATE = "豫A·D1234"
+
+
+@dataclass(frozen=True)
+class DemoCode:
+    """One picture the director shows a gate."""
+
+    key: str
+    lane: str
+    text: str
+    what_zh: str
+    what_en: str
+    expect: str | None           # admit | deny | refer | None (no decision: venue, material, held half)
+    object_c: float | None = None
+    fever: bool = False
+
+
+def qr_image(text: str, *, size: tuple[int, int] = IMAGE_SIZE, module_px: int = 4) -> Any:
+    """A BGR picture of ``text`` as a QR code (error correction Q) on a grey background."""
+    import numpy as np
+    import segno
+
+    qr = segno.make(text, error="q", micro=False, boost_error=False)
+    matrix = np.array([[1 if v else 0 for v in row] for row in qr.matrix], dtype=np.uint8)
+    quiet = 4
+    n = matrix.shape[0] + 2 * quiet
+    px = module_px
+    while n * px > min(size) - 20 and px > 2:
+        px -= 1
+    code = np.full((n, n), 255, np.uint8)
+    code[quiet:quiet + matrix.shape[0], quiet:quiet + matrix.shape[1]] = np.where(matrix == 1, 0, 255)
+    code = np.kron(code, np.ones((px, px), np.uint8))
+    w, h = size
+    canvas = np.full((h, w), 190, np.uint8)
+    y, x = (h - code.shape[0]) // 2, (w - code.shape[1]) // 2
+    canvas[y:y + code.shape[0], x:x + code.shape[1]] = code
+    return np.stack([canvas] * 3, axis=-1)
+
+
+def blank_image(size: tuple[int, int] = IMAGE_SIZE) -> Any:
+    import numpy as np
+
+    w, h = size
+    return np.full((h, w, 3), 190, np.uint8)
+
+
+class DemoWorld:
+    """Keys, a signed bundle and minted codes for a demo fleet (also the gate tests' fixture).
+
+    Args:
+        root: a directory for keys, bundle sources and the built bundle.
+        now_ms: the issue time of codes (default: now).
+        guard_pin, admin_pin: PINs of the demo's two console accounts (default: random).
+        log2_n: scrypt cost of the PIN hashes (tests use 10).
+        people: who is on the roster and gets a code.
+        policy: settings.policy keys to change (tests shorten pair_window_s, remeasure_wait_s).
+    """
+
+    def __init__(self, root: Path, *, now_ms: int | None = None, guard_pin: str | None = None,
+                 admin_pin: str | None = None, log2_n: int = 14, people: tuple[DemoPerson, ...] = PEOPLE,
+                 policy: dict[str, Any] | None = None) -> None:
+        from sync.keys import generate_key, write_key_file
+        from sync.timefmt import utc_now_ms
+
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.now_ms = utc_now_ms() if now_ms is None else now_ms
+        self.people = people
+        self.guard_pin = guard_pin or f"{secrets.randbelow(10**6):06d}"
+        self.admin_pin = admin_pin or f"{secrets.randbelow(10**8):08d}"
+        self.log2_n = log2_n
+        self.policy_overrides = dict(policy or {})
+        self.keys = {
+            "root": generate_key("root", "demo root"),
+            "publisher": generate_key("publisher", "demo publisher"),
+            "server": generate_key("server", "demo server"),
+            "issuer": generate_key("issuer", "demo health platform"),
+            "venue": generate_key("issuer", "demo firm admin"),
+        }
+        kdir = self.root / "keys"
+        kdir.mkdir(exist_ok=True)
+        for name, key in self.keys.items():
+            write_key_file(kdir / f"{name}.key", key, overwrite=True)
+        self.subject_key = secrets.token_bytes(32)
+        self.roster_key = secrets.token_bytes(32)
+        self.badge_text = "EMP-" + f"{secrets.randbelow(10**6):06d}"
+
+    # -- people ---------------------------------------------------------------------------------
+
+    def sub(self, key: str) -> str:
+        """The keyed subject id a platform would compute (credentials.md §7.1)."""
+        return hmac.new(self.subject_key, f"CN-ID:DEMO-{key}".encode(), hashlib.sha256).digest()[:16].hex()
+
+    def _time(self, hours_ago: float) -> str:
+        from sync.timefmt import format_ms
+
+        return format_ms(self.now_ms - int(hours_ago * 3_600_000))
+
+    def code_hash(self, text: str) -> str:
+        from edge.credentials import code_hash
+
+        return code_hash(text, self.roster_key)
+
+    # -- bundle sources ---------------------------------------------------------------------------
+
+    def sources(self) -> Path:
+        """The eight source files of ``admin bundle build`` (bundles.md §1.6, §6)."""
+        from edge.console.accounts import hash_pin
+        from sync.timefmt import format_ms
+
+        src = self.root / "sources"
+        src.mkdir(exist_ok=True)
+        rules = json.loads((RULES_DIR / "rules.json").read_text(encoding="utf-8"))
+        settings = json.loads((RULES_DIR / "settings.json").read_text(encoding="utf-8"))
+        settings["policy"].update(self.policy_overrides)
+        settings["console"] = {"accounts": [
+            {"id": "guard-1", "name": "门岗一 Guard 1", "role": "guard", "pin": hash_pin(self.guard_pin, log2_n=self.log2_n)},
+            {"id": "admin", "name": "管理员 Admin", "role": "admin", "pin": hash_pin(self.admin_pin, log2_n=self.log2_n)},
+        ]}
+        import base64
+
+        trust = {"part": "trust", "schema": 1, "keys": [
+            {"public_key": base64.b64encode(self.keys["issuer"].spki_der()).decode(), "kinds": ["health", "pass"]},
+            {"public_key": base64.b64encode(self.keys["venue"].spki_der()).decode(), "kinds": ["venue", "material"]},
+        ]}
+        staff = []
+        for p in self.people:
+            if not p.on_roster:
+                continue
+            staff.append({
+                "sub": self.sub(p.key), "codes": [], "name": p.name, "role": p.role, "firm": p.firm, "team": None,
+                "zones": ["*"], "closed_loop": False, "colour": p.colour, "flags": list(p.flags),
+                "last_test": None if p.test_age_h is None else self._time(p.test_age_h),
+            })
+        staff.append({
+            "sub": self.sub("badge"), "codes": [self.code_hash(self.badge_text)], "name": "钱*", "role": "staff",
+            "firm": HOST_FIRM, "team": None, "zones": ["*"], "closed_loop": False, "colour": "green", "flags": [],
+            "last_test": self._time(18),
+        })
+        roster = {"part": "roster", "schema": 1, "roster_key": self.roster_key.hex(), "staff": staff, "teams": []}
+        firms = {"part": "firms", "schema": 1, "firms": [
+            {"id": HOST_FIRM, "name": "豫中机械厂 Yuzhong Machinery", "whitelisted": True, "meltdown": False,
+             "meltdown_at": None, "closed_loop": False},
+            {"id": CARRIER, "name": "中原物流 Zhongyuan Logistics", "whitelisted": True, "meltdown": False,
+             "meltdown_at": None, "closed_loop": False},
+        ]}
+        prereg = {"part": "preregistrations", "schema": 1, "visitors": []}
+        revocations = {"part": "revocations", "schema": 1, "entries": []}
+        mode = {"part": "mode", "schema": 1, "mode": "normal", "since": format_ms(self.now_ms - 86_400_000),
+                "reason": "demo", "set_by": "demo"}
+        files = {"rules.json": {"part": "rules", "schema": 1, "rules": rules} if isinstance(rules, list) else rules,
+                 "settings.json": settings, "trust.json": trust, "roster.json": roster, "firms.json": firms,
+                 "preregistrations.json": prereg, "revocations.json": revocations, "mode.json": mode}
+        for name, obj in files.items():
+            (src / name).write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
+        return src
+
+    def build_bundle(self, *, version: int = 1, site: str | None = None, expires_in_s: int = 7 * 86_400) -> Path:
+        """Keys document 1 and a signed manifest as ``admin keys``/``admin bundle build``/``sign`` write them."""
+        from sync.bundle.parts import build_parts_from_dir
+        from sync.bundle.publish import add_signatures, keys_body, manifest_body, part_refs, unsigned_document
+        from sync.keys import atomic_write
+
+        out = self.root / f"bundle-{version}"
+        (out / "parts").mkdir(parents=True, exist_ok=True)
+        k = self.keys
+        body = keys_body(previous=None, fleet=FLEET, root=[k["root"]], publisher=[k["publisher"]],
+                         server=[k["server"]], issued_at_ms=self.now_ms - 60_000)
+        keys_doc, _ = add_signatures(unsigned_document("keys", body), "keys", [k["root"]])
+        atomic_write(out / "keys-1.json", keys_doc)
+        parts = build_parts_from_dir(self.sources())
+        body = manifest_body(fleet=FLEET, site=site, version=version, keys_version=1, parts=parts,
+                             issued_at_ms=self.now_ms - 30_000, server_time_ms=self.now_ms - 30_000,
+                             expires_ms=self.now_ms + expires_in_s * 1000, previous=None, note="demo")
+        manifest, _ = add_signatures(unsigned_document("manifest", body), "manifest", [k["publisher"]])
+        refs = part_refs(parts)
+        for name, raw in parts.items():
+            atomic_write(out / "parts" / refs[name].sha256, raw)
+        atomic_write(out / "manifest.json", manifest)
+        return out
+
+    # -- codes ---------------------------------------------------------------------------------------
+
+    def mint(self, kind: str, claims: dict[str, Any], *, key: str = "issuer", expires_in_s: int | None = None) -> str:
+        from edge.credentials import mint
+
+        return mint(kind, claims, self.keys[key], now_ms=self.now_ms, expires_in_s=expires_in_s)
+
+    def health_code(self, p: DemoPerson) -> str:
+        claims: dict[str, Any] = {"iss": "HA-410100", "sub": self.sub(p.key), "name": p.name, "role": p.role,
+                                  "firm": p.firm, "colour": p.colour, "flags": list(p.flags)}
+        if p.test_age_h is not None:
+            claims["last_test"] = self._time(p.test_age_h)
+        return self.mint("health", claims, expires_in_s=86_400)
+
+    def pass_code(self, driver: DemoPerson = DRIVER, *, plate: str = PLATE) -> str:
+        from sync.timefmt import format_ms
+
+        return self.mint("pass", {
+            "iss": "HA-TRAFFIC", "sub": self.sub(driver.key), "pass_id": "GL-2022-0517", "plate": plate,
+            "firm": CARRIER, "origin": "郑州", "destination": "许昌", "nbf": format_ms(self.now_ms - 3_600_000),
+            "exp": format_ms(self.now_ms + 7 * 86_400_000),
+        })
+
+    def venue_code(self, *, venue_id: str = "V0012-01", zone: str = "production", door: str | None = "south-1",
+                   key: str = "venue") -> str:
+        claims = {"iss": HOST_FIRM, "venue_id": venue_id, "venue_name": "豫中机械厂南门 South gate", "zone": zone,
+                  "firm": HOST_FIRM}
+        if door:
+            claims["door"] = door
+        return self.mint("venue", claims, key=key)
+
+    def material_code(self, goods_code: str = "GOODS-7731-0001") -> str:
+        return self.mint("material", {"iss": HOST_FIRM, "goods_code": goods_code, "goods_name": "冷链配件",
+                                      "batch": "B-0517", "quantity": "40 箱"}, key="venue")
+
+    def codes(self) -> list[DemoCode]:
+        """The demo's scenes, in the order the director plays them."""
+        out = [DemoCode("venue", "person", self.venue_code(), "场所码（设置模式）", "venue code (set-up mode)", None)]
+        for p in self.people:
+            out.append(DemoCode(p.key, "person", self.health_code(p), p.what_zh, p.what_en, p.expect,
+                                p.object_c, p.fever))
+        out.append(DemoCode("badge", "person", self.badge_text, "员工工牌（名单码）", "staff badge (roster)", "admit", 34.1))
+        out.append(DemoCode("garbage", "person", "HELLO-CHECKPOINT-DEMO", "无法识别的码", "unknown code", "refer"))
+        out.append(DemoCode("truck-pass", "green_lane", self.pass_code(), "货车通行证", "truck pass", None))
+        out.append(DemoCode("driver", "green_lane", self.health_code(DRIVER), DRIVER.what_zh, DRIVER.what_en, "admit"))
+        out.append(DemoCode("material", "green_lane", self.material_code(), "货物追溯码", "goods code", None))
+        return out
+
+
+def install_bundle(bundle_dir: Path, data_dir: Path, device_id: str) -> Any:
+    """Apply keys and bundle to a gate's data directory as ``checkpoint gate import`` does."""
+    from edge.bundles.updater import BundleUpdater
+    from edge.clock import TrustedClock
+    from edge.store.events import EventStore
+    from edge.store.state import StateDB
+
+    with EventStore(data_dir, device_id) as store, StateDB(data_dir) as state:
+        clock = TrustedClock(state)
+        up = BundleUpdater(data_dir, state=state, events=store, clock=clock, device_id=device_id, site=None,
+                           fleet=FLEET)
+        up.install_anchor((bundle_dir / "keys-1.json").read_bytes())
+        result = up.import_dir(bundle_dir)
+        if getattr(result, "status", None) != "applied":
+            raise RuntimeError(f"demo bundle not applied: {result}")
+        return result
+
+
+def write_image(folder: Path, name: str, image: Any) -> Path:
+    """Write atomically so the camera's folder source never reads half a file."""
+    import cv2
+
+    path = folder / name
+    tmp = folder / f".{name}.tmp.png"
+    cv2.imwrite(str(tmp), image)
+    os.replace(tmp, path)
+    return path
+
+
+def gate_config(data_dir: Path, device_id: str, lane: str, camera_dir: Path, listen: str, *,
+                thermometer: bool, hold_s: float) -> Any:
+    from edge.config import GateConfig
+
+    return GateConfig.model_validate({
+        "gate": {"device_id": device_id, "data_dir": str(data_dir), "lane": lane},
+        "camera": {"source": "folder", "path": str(camera_dir), "fps": 15, "image_hold_s": hold_s,
+                   "no_frames_after_s": 5.0},
+        "decode": {"hold_s": 2.0},
+        "thermometer": {"enabled": thermometer, "port": "sim", "protocol": "gy-mcu90614"},
+        "gpio": {"pin_factory": "mock"},
+        "console": {"listen": listen, "allow_plain_http": True},
+        "log": {"level": "WARNING"},
+    })
+
+
+# -- the director ---------------------------------------------------------------------------------
+
+
+class _Gate:
+    """One demo gate and what the director sees of it."""
+
+    def __init__(self, name: str, app: Any, folder: Path) -> None:
+        self.name, self.app, self.folder = name, app, folder
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.cond = threading.Condition()
+        app.broadcaster.add_listener(self._on)
+        self.thread: threading.Thread | None = None
+        self.exit_code: int | None = None
+
+    def _on(self, msg: Any) -> None:
+        with self.cond:
+            self.events.append((msg.event, msg.data))
+            self.cond.notify_all()
+
+    def wait_for(self, pred: Callable[[str, dict[str, Any]], bool], since: int, timeout: float,
+                 stop: threading.Event) -> tuple[str, dict[str, Any]] | None:
+        end = time.monotonic() + timeout
+        with self.cond:
+            while not stop.is_set():
+                for ev in self.events[since:]:
+                    if pred(*ev):
+                        return ev
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(min(left, 0.2))
+        return None
+
+    def mark(self) -> int:
+        with self.cond:
+            return len(self.events)
+
+
+def _play(gate: _Gate, codes: list[DemoCode], sim: Any, stop: threading.Event, echo: Callable[[str], None],
+          setup: Callable[[], None] | None) -> None:
+    """Show each code to the gate (and a forehead to its thermometer) and wait for what follows."""
+    blank = "0000-blank.png"
+    for i, c in enumerate(codes, start=1):
+        if stop.is_set():
+            return
+        if c.key == "venue" and setup is not None:
+            setup()
+        if sim is not None and c.object_c is not None:
+            sim.present(c.object_c, 25.0)
+            if stop.wait(0.8):
+                return
+        mark = gate.mark()
+        name = f"{i:04d}-{c.key}.png"
+        write_image(gate.folder, name, qr_image(c.text))
+        if c.fever and sim is not None:
+            got = gate.wait_for(lambda e, d: e == "prompt" and d.get("kind") == "remeasure" and d["remaining_s"] > 0,
+                                mark, 10, stop)
+            if got is not None:
+                sim.absent()
+                if stop.wait(0.6):
+                    return
+                sim.present(c.object_c or 35.5, 25.0)
+        if c.expect is not None:
+            gate.wait_for(lambda e, d: e == "decision" and d.get("override") is None, mark, 15, stop)
+        elif c.key == "venue":
+            gate.wait_for(lambda e, d: e == "prompt" and d.get("kind") == "setup" and d["remaining_s"] != 60,
+                          mark, 10, stop)
+        elif c.key == "truck-pass":
+            gate.wait_for(lambda e, d: e == "prompt" and d.get("kind") == "pair", mark, 10, stop)
+        else:
+            stop.wait(1.5)
+        if sim is not None:
+            sim.absent()
+        (gate.folder / name).unlink(missing_ok=True)
+        for p in gate.folder.iterdir():
+            if p.name != blank and not p.name.startswith(".") and p.name < name:
+                p.unlink(missing_ok=True)
+        if stop.wait(0.3):
+            return
+
+
+@click.command()
+@click.option("--duration", type=click.FloatRange(min=1), default=None,
+              help="Stop after this many seconds and exit 0 (default: run until Ctrl-C).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to keep the demo's state (default: a temporary directory, removed at exit).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8081, show_default=True,
+              help="Person-lane console port (the truck lane uses the next one; 0 = any free port).")
+@click.option("--hold", "hold_s", type=click.FloatRange(0.2, 5), default=0.6, show_default=True,
+              help="Seconds each picture stays in front of the camera.")
+@click.option("--once", is_flag=True, help="Play the scenes once (default: again and again until stopped).")
+def demo(duration: float | None, data_dir: Path | None, port: int, hold_s: float, once: bool) -> None:
+    """Run two gates (person lane, truck green lane) on simulated hardware and print each decision.
+
+    Everything is local: keys, a signed bundle of the default rules and demo codes
+    are made at start; pictures go through the real camera-folder → decode path,
+    the thermometer simulator runs on a pseudo-terminal, pins are mock pins.
+    """
+    from edge.app import GateApp
+    from edge.gate import make_pin_factory
+    from sync.logformat import setup_logging
+
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    ctx = click.get_current_context()
+    setup_logging((ctx.find_root().obj or {}).get("log_level") or "WARNING", "logfmt")
+    started = time.monotonic()
+    own_tmp = data_dir is None
+    base = Path(tempfile.mkdtemp(prefix="checkpoint-demo-")) if data_dir is None else data_dir
+    base.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    gates: list[_Gate] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    for s in previous:
+        signal.signal(s, on_signal)
+    try:
+        world = DemoWorld(base / "world")
+        bundle_dir = world.build_bundle()
+        codes = world.codes()
+        lanes = [("person", "gate-demo-person", port), ("green_lane", "gate-demo-truck", port + 1 if port else 0)]
+        for lane, device_id, lport in lanes:
+            ddir = base / device_id
+            cam = ddir / "camera"
+            cam.mkdir(parents=True, exist_ok=True)
+            write_image(cam, "0000-blank.png", blank_image())
+            install_bundle(bundle_dir, ddir, device_id)
+            cfg = gate_config(ddir, device_id, lane, cam, f"127.0.0.1:{lport}", thermometer=lane == "person",
+                              hold_s=hold_s)
+            prefix = "人行 person " if lane == "person" else "货车 truck  "
+
+            def printer(view: dict[str, Any], line: str, prefix: str = prefix) -> None:
+                click.echo(f"{prefix}{line}")
+
+            app = GateApp(cfg, pin_factory=make_pin_factory("mock"), on_decision=printer,
+                          thermometer_options={"sim": {"people": None}},
+                          create_data_dir=False, env={k: v for k, v in os.environ.items()
+                                                      if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")})
+            gate = _Gate(lane, app, cam)
+            gate.thread = threading.Thread(target=lambda g=gate: setattr(g, "exit_code", g.app.run()),
+                                           name=f"demo:{device_id}", daemon=True)
+            gates.append(gate)
+        for g in gates:
+            g.thread.start()  # type: ignore[union-attr]
+        for g in gates:
+            if not g.app.ready.wait(30):
+                raise click.ClickException(f"{g.name} gate did not start")
+        click.echo("checkpoint demo: two gates on simulated hardware (mock pins, thermometer on a pty)")
+        for g in gates:
+            assert g.app.console is not None
+            click.echo(f"  console {g.name:10} {g.app.console.url}")
+        click.echo(f"  guard account guard-1 PIN {world.guard_pin}; admin account admin PIN {world.admin_pin}")
+        click.echo(f"  data in {base}" + (" (removed at exit)" if own_tmp else ""))
+        click.echo(f"  ready in {time.monotonic() - started:.1f} s")
+        person, truck = gates
+        admin = person.app.accounts().get("admin")
+
+        def setup() -> None:
+            with contextlib.suppress(Exception):
+                person.app.start_setup(admin)
+
+        therm = person.app.thermometer_obj
+        sim = therm.simulator if therm is not None else None
+
+        def director(g: _Gate, lane: str, sim: Any) -> None:
+            first = True
+            while not stop.is_set():
+                scenes = [c for c in codes if c.lane == lane and (first or c.key != "venue")]
+                _play(g, scenes, sim, stop, click.echo, setup if lane == "person" and first else None)
+                first = False
+                if once:
+                    return
+                stop.wait(3.0)
+
+        directors = [threading.Thread(target=director, args=(person, "person", sim), name="demo:director", daemon=True),
+                     threading.Thread(target=director, args=(truck, "green_lane", None), name="demo:director-truck",
+                                      daemon=True)]
+        for d in directors:
+            d.start()
+        end = None if duration is None else started + duration
+        while not stop.is_set():
+            if end is not None and time.monotonic() >= end:
+                break
+            if any(g.thread is not None and not g.thread.is_alive() for g in gates):
+                break
+            if once and not any(d.is_alive() for d in directors):
+                stop.wait(1.0)
+                break
+            stop.wait(0.2)
+        stop.set()
+    finally:
+        stop.set()
+        for g in gates:
+            g.app.request_stop("shutdown")
+        for g in gates:
+            if g.thread is not None and g.thread.is_alive():
+                g.thread.join(15)
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if own_tmp:
+            shutil.rmtree(base, ignore_errors=True)
+    codes_ = [g.exit_code for g in gates]
+    if any(c not in (0, None) for c in codes_):
+        raise click.exceptions.Exit(1)
+    click.echo("checkpoint demo: stopped")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(demo())
