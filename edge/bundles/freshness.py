@@ -107,6 +107,11 @@ def report_state(
     Returns:
         True when an event was written.
     """
+    if cause in ("keys_expired", "gap"):
+        # sync.md §1.5: for these two from = to; they report a fact, not a change of state.
+        events.append("bundle_state", {"from": new.state, "to": new.state, "cause": cause, "version": new.version},
+                      reading.at())
+        return True
     prev = state.kv_get(REPORTED_KEY) or "none"
     if prev == new.state and not force:
         return False

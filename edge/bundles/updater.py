@@ -87,6 +87,9 @@ log = logging.getLogger(__name__)
 ALERT_REASONS = frozenset({"rollback", "version_reuse", "fork", "bad_signature", "wrong_role", "unknown_keyid",
                            "time_below_floor", "issued_in_future", "keys_expired"})
 REJECT_MEMORY_MS = 3_600_000  # §3.5: a rejected manifest id is not fetched again for 1 h
+# Rejections caused by the gate's own lag, not by the manifest: the next poll's K fixes them, so
+# waiting an hour would only delay a good update (e.g. a keys chain longer than 32 documents).
+_RETRY_AT_ONCE = frozenset({"keys_version_mismatch", "keys_expired", "fetch_failed"})
 _REJECTED_KEY = "bundle.rejected"
 _PENDING_KEY = "bundle.pending"
 _KEYS_EXPIRED_KEY = "bundle.keys_expired_reported"
@@ -287,7 +290,7 @@ class BundleUpdater:
         seen = self._rejected_memory().get(manifest_id)
         if not isinstance(seen, dict) or seen.get("boot") != self.clock.boot:
             return None
-        if reading.boottime_ms - int(seen.get("b", 0)) >= REJECT_MEMORY_MS or seen.get("reason") == "fetch_failed":
+        if reading.boottime_ms - int(seen.get("b", 0)) >= REJECT_MEMORY_MS or seen.get("reason") in _RETRY_AT_ONCE:
             return None
         return Rejection(str(seen["reason"]), str(seen.get("detail", "")), "manifest", manifest_id,
                          seen.get("version"), seen.get("keys_version"))

@@ -267,7 +267,12 @@ def check_manifest(
             ``keys_version_mismatch``, ``scope_mismatch``, ``version_reuse``, ``rollback``, ``fork``,
             ``validity_too_long``, ``expired``, ``issued_in_future``, ``part_missing``, ``part_too_large``.
     """
-    doc = load_signed(data, "manifest")
+    try:
+        doc = load_signed(data, "manifest")
+    except BundleRejected as exc:
+        if expected_id is not None:
+            exc.sha256 = expected_id  # the id it was asked by: what the 1 h memory and the event name
+        raise
     if expected_id is not None and doc.id != expected_id:  # M2
         raise BundleRejected("manifest_hash_mismatch", f"asked for {expected_id[:16]}…, got {doc.id[:16]}…",
                              doc="manifest", sha256=expected_id)
