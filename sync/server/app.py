@@ -127,7 +127,7 @@ def create_app(state: ServerState, *, workers: bool | None = None) -> FastAPI:
             hooks.start()
             jobs = Jobs(state)
             jobs.start()
-        dog = asyncio.create_task(watchdog_task())
+        dog = asyncio.create_task(watchdog_task(getattr(app.state, "started", lambda: True)))
         try:
             yield
         finally:
