@@ -357,6 +357,7 @@ class GateApp:
         self.binding: dict[str, Any] | None = None
         self.device_id = cfg.gate.device_id
         self.pid_key: bytes | None = None
+        self.pid_kid = 1
         self._accounts = Accounts()
         self._accounts_gen: object = None
 
@@ -418,6 +419,7 @@ class GateApp:
         if ident is not None:
             self.device_id = ident.device_id
             self.pid_key = ident.pid_key_bytes
+            self.pid_kid = ident.pid_kid
         else:
             log.warning("gate not enrolled: events carry no pid until enrolment (sync.md §2.3)")
         marker = run_marker_path(data_dir)
@@ -679,7 +681,8 @@ class GateApp:
         """Pairing, temperature, then the decision (rules.md §3.1, hardware.md §1.10)."""
         from edge.policy.engine import decide
 
-        first = decide(self._inputs(code, partner, reading, None))
+        inputs = self._inputs(code, partner, reading, None)
+        first = decide(inputs)
         if first.pairing is not None and partner is None:
             half, sub = first.pairing
             other = "health" if half == "pass" else "pass"
@@ -690,11 +693,12 @@ class GateApp:
                 self._prompt("pair", "请扫描另一个码", "Scan the other code", window)
                 log.info("green lane: %s held for its partner window_s=%d", half, window)
                 return
-            self._prompt("pair", "", "", 0)
+            if not self._held:
+                self._prompt("pair", "", "", 0)
             self._judge(mate.code, code, reading)
             return
         if first.stage == 0 or not self._wants_temperature():
-            self._finish(code, partner, first, reading, self._no_temp())
+            self._finish(code, partner, inputs, first, reading, self._no_temp())
             return
         self._measure(code, partner)
 
@@ -790,8 +794,8 @@ class GateApp:
                     reading = self.clock.read()
                     from edge.policy.engine import decide
 
-                    self._finish(h.code, None, decide(self._inputs(h.code, None, reading, None)), reading,
-                                 self._no_temp())
+                    inputs = self._inputs(h.code, None, reading, None)
+                    self._finish(h.code, None, inputs, decide(inputs), reading, self._no_temp())
             if not self._held:
                 self._prompt("pair", "", "", 0)
         if self._setup is not None and time.monotonic() >= self._setup[0]:
@@ -804,19 +808,16 @@ class GateApp:
 
         assert self.clock is not None
         reading = self.clock.read()
-        self._finish(code, partner, decide(self._inputs(code, partner, reading, temp)), reading, temp)
+        inputs = self._inputs(code, partner, reading, temp)
+        self._finish(code, partner, inputs, decide(inputs), reading, temp)
 
     # -- log, then act -------------------------------------------------------------------------------
 
-    def _finish(self, code: Code, partner: Code | None, decision: Any, reading: Any, temp: Temp) -> None:
+    def _finish(self, code: Code, partner: Code | None, inputs: Any, decision: Any, reading: Any,
+                temp: Temp) -> None:
         from edge.policy import events as ev
 
-        payload = ev.decision_payload(
-            decision, lane=self.cfg.gate.lane, venue=self._venue(), bundle=self._bundle_state(),
-            credential=code.verification, partner=partner.verification if partner else None,
-            opaque=code.opaque, temperature_status=temp.status, body_centi_c=temp.body_centi_c,
-            pid_key=self.pid_key, mode=self._mode(),
-        )
+        payload = ev.decision_payload(decision, inputs, pid_key=self.pid_key, pid_kid=self.pid_kid)
         outcome = str(payload["outcome"])
         if self._refer_all() and outcome == "admit":
             outcome = payload["outcome"] = "refer"

@@ -13,7 +13,7 @@ from edge.app import GateApp
 from edge.camera import Camera, PushSource
 from edge.config import GateConfig
 from edge.demo import DemoWorld, install_bundle, qr_image
-from edge.store.events import EventStore
+from edge.store.schema import connect
 
 RELAY, RED, AMBER, GREEN, BUZZER, BUTTON, BEAM = 17, 22, 23, 24, 25, 27, 5
 
@@ -111,13 +111,14 @@ class Harness:
     # -- reading the log --------------------------------------------------------------------------
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        store: EventStore = self.app.store  # type: ignore[assignment]
-        out = []
-        for e in store.read(1, 10_000):
-            ev = json.loads(e.body)
-            if kind is None or ev["kind"] == kind:
-                out.append(ev)
-        return out
+        """Committed events, read like the agent reads them (another connection, read-only)."""
+        conn = connect(Path(self.cfg.data_dir) / "events.db", "reader")
+        try:
+            rows = conn.execute("SELECT body FROM events ORDER BY seq").fetchall()
+        finally:
+            conn.close()
+        out = [json.loads(r[0]) for r in rows]
+        return [e for e in out if kind is None or e["kind"] == kind]
 
     def pin(self, n: int) -> Any:
         return self.pins.pin(n)
