@@ -222,7 +222,10 @@ def _check_file(path: Path, doc: Mapping[str, Any], rules: RuleSet) -> Any:
         if type(doc["base"]) is not str or not doc["base"]:
             raise RuleTestError(f"{path}: base must be a relative path")
         base_path = (path.parent / doc["base"]).resolve()
-        base = load_json(base_path)
+        try:
+            base = load_json(base_path)
+        except RuleTestError as exc:
+            raise RuleTestError(f"{path}: base {doc['base'][:80]}: {exc}") from exc
         if not isinstance(base, dict):
             raise RuleTestError(f"{path}: base {doc['base']} is not a JSON object")
     cases = doc.get("cases")
