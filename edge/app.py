@@ -288,6 +288,8 @@ class GateApp:
         camera: a ready ``edge.camera.Camera`` (tests, the demo); default from ``[camera]``.
         thermometer: a ready thermometer; default ``open_thermometer`` from ``[thermometer]``.
         on_decision: called after each decision with ``(view, line)`` (the demo prints the line).
+        on_note: called with one line for other facts worth a line (bindings, overrides, alerts,
+            material scans).
         ntp: NTP probe for the trusted clock (tests).
         env: environment (systemd notification variables, the test fault hook).
         create_data_dir: the demo creates its data directory; ``gate run`` never does.
@@ -306,6 +308,7 @@ class GateApp:
         create_data_dir: bool = False,
         console: bool | None = None,
         thermometer_options: Mapping[str, Any] | None = None,
+        on_note: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.env = dict(os.environ if env is None else env)
@@ -315,6 +318,7 @@ class GateApp:
         self._thermometer = thermometer
         self._thermometer_options = dict(thermometer_options or {})
         self._on_decision = on_decision
+        self._on_note = on_note
         self._ntp = ntp
         self._create = create_data_dir
         self._want_console = cfg.console.enabled if console is None else console
@@ -839,7 +843,9 @@ class GateApp:
         self._record(seq, payload, reading.at(), reasons, decision.overridable, unverified, lockout)   # 3. console
         # alerts after the decision they belong to (sync.md §1.5, rules.md §3.5)
         for kind, alert in ev.alert_events(decision, payload, decision_seq=seq, policy=self._policy()):
-            self._append(kind, alert, reading.at())
+            a = self._append(kind, alert, reading.at())
+            self._note(f"#{a.seq if a else None} {kind} ({alert.get('cause') or ','.join(alert.get('flags') or [])}) "
+                       f"for #{seq}")
         if outcome == "admit" and self.cfg.gate.lane == "green_lane" and payload.get("pass"):
             self._delivery = Delivery(seq, payload["pass"].get("plate"), time.monotonic())
 
@@ -966,6 +972,9 @@ class GateApp:
         self.broadcaster.publish("decision", target.view, id=target.seq)
         log.info("override decision_seq=%s from=%s to=%s guard=%s reason=%s", target.seq, payload["from"], to,
                  guard, reason)
+        zh, en = _OUTCOME_WORDS.get(to, ("?", "?"))
+        self._note(f"#{appended.seq if appended else None} 改判 / override of #{target.seq}: {zh} / {en} "
+                   f"({guard}, {reason})")
         return appended.seq if appended else None
 
     # -- console actions (ConsoleBackend) ----------------------------------------------------------
@@ -1102,6 +1111,7 @@ class GateApp:
         log.info("venue bound venue=%s zone=%s by=%s", row["venue_id"], row["zone"], account.id)
         place = f"{row['venue_id']} {row['zone']}" + (f" {row['door']}" if row["door"] else "")
         self._prompt("setup", f"已绑定：{place}", f"Bound to {place}", 8)
+        self._note(f"#{appended.seq if appended else None} 场所已绑定 / venue bound: {place} ({account.id})")
         self._update_status(reading)
 
     # -- material scans ------------------------------------------------------------------------------
@@ -1125,8 +1135,10 @@ class GateApp:
             d.codes.add(text)
         payload = {"venue": self._venue(), "code": text, "format": code.scan.format,
                    "delivery_seq": d.seq if d else None, "plate": d.plate if d else None, "result": result}
-        self._append("material_scan", payload, reading.at())
+        appended = self._append("material_scan", payload, reading.at())
         log.info("material scan result=%s delivery_seq=%s", result, payload["delivery_seq"])
+        self._note(f"#{appended.seq if appended else None} 货物码 {text} / goods code: {result}"
+                   + (f", 车辆 / truck {d.plate} (#{d.seq})" if d is not None else ", 无当前车辆 / no current truck"))
 
     # -- housekeeping --------------------------------------------------------------------------------
 
@@ -1240,6 +1252,13 @@ class GateApp:
             self._status_cache = st
         return st
 
+    def _note(self, line: str) -> None:
+        if self._on_note is not None:
+            try:
+                self._on_note(line)
+            except Exception:
+                log.exception("on_note callback failed")
+
     def _prompt(self, kind: str, zh: str, en: str, remaining_s: int) -> None:
         self.broadcaster.publish("prompt", {"kind": kind, "zh": zh, "en": en, "remaining_s": remaining_s})
 
@@ -1288,8 +1307,15 @@ def _decision_line(view: Mapping[str, Any]) -> str:
     zh, en = _OUTCOME_WORDS.get(oc, ("?", "?"))
     subject = view.get("subject") or {}
     who = subject.get("name_m") or "-"
+    extra = ""
+    p = view.get("pass") or {}
+    if p.get("plate"):
+        extra += f" {p['plate']}"
+    t = view.get("temp") or {}
+    if t.get("body_centi_c") is not None:
+        extra += f" {t['body_centi_c'] / 100:.2f}°C"
     reasons = "; ".join(f"{r['zh']} / {r['en']}" for r in view.get("reasons") or []) or "-"
-    return f"#{view.get('seq')} {who} {zh} / {en}: {reasons}"
+    return f"#{view.get('seq')} {who}{extra} {zh} / {en}: {reasons}"
 
 
 def _banners(st: Mapping[str, Any], fresh: Any, reading: Any, on_full: str) -> list[dict[str, str]]:

@@ -370,8 +370,8 @@ def gate_config(data_dir: Path, device_id: str, lane: str, camera_dir: Path, lis
 class _Gate:
     """One demo gate and what the director sees of it."""
 
-    def __init__(self, name: str, app: Any, folder: Path) -> None:
-        self.name, self.app, self.folder = name, app, folder
+    def __init__(self, name: str, app: Any, folder: Path, echo: Callable[[str], None] | None = None) -> None:
+        self.name, self.app, self.folder, self.echo = name, app, folder, echo
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.cond = threading.Condition()
         app.broadcaster.add_listener(self._on)
@@ -379,6 +379,9 @@ class _Gate:
         self.exit_code: int | None = None
 
     def _on(self, msg: Any) -> None:
+        if self.echo is not None and msg.event == "prompt" and msg.data.get("remaining_s") and \
+                msg.data.get("kind") in ("pair", "remeasure", "measure"):
+            self.echo(f"  … {msg.data['zh']} / {msg.data['en']}")
         with self.cond:
             self.events.append((msg.event, msg.data))
             self.cond.notify_all()
@@ -462,14 +465,15 @@ def demo(duration: float | None, data_dir: Path | None, port: int, hold_s: float
     are made at start; pictures go through the real camera-folder → decode path,
     the thermometer simulator runs on a pseudo-terminal, pins are mock pins.
     """
+    started = time.monotonic()
     from edge.app import GateApp
     from edge.gate import make_pin_factory
     from sync.logformat import setup_logging
 
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     ctx = click.get_current_context()
-    setup_logging((ctx.find_root().obj or {}).get("log_level") or "WARNING", "logfmt")
-    started = time.monotonic()
+    # The demo's own lines are the output; logs only for errors unless --log-level asks for more.
+    setup_logging((ctx.find_root().obj or {}).get("log_level") or "ERROR", "logfmt")
     own_tmp = data_dir is None
     base = Path(tempfile.mkdtemp(prefix="checkpoint-demo-")) if data_dir is None else data_dir
     base.mkdir(parents=True, exist_ok=True)
@@ -500,11 +504,14 @@ def demo(duration: float | None, data_dir: Path | None, port: int, hold_s: float
             def printer(view: dict[str, Any], line: str, prefix: str = prefix) -> None:
                 click.echo(f"{prefix}{line}")
 
-            app = GateApp(cfg, pin_factory=make_pin_factory("mock"), on_decision=printer,
+            def note(line: str, prefix: str = prefix) -> None:
+                click.echo(f"{prefix}  {line}")
+
+            app = GateApp(cfg, pin_factory=make_pin_factory("mock"), on_decision=printer, on_note=note,
                           thermometer_options={"sim": {"people": None}},
                           create_data_dir=False, env={k: v for k, v in os.environ.items()
                                                       if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")})
-            gate = _Gate(lane, app, cam)
+            gate = _Gate(lane, app, cam, echo=lambda line, prefix=prefix: click.echo(f"{prefix}{line}"))
             gate.thread = threading.Thread(target=lambda g=gate: setattr(g, "exit_code", g.app.run()),
                                            name=f"demo:{device_id}", daemon=True)
             gates.append(gate)
