@@ -61,6 +61,7 @@ class BundlePoller:
         self.last_ok_mono: float | None = None
         self.last_result: Any = None
         self.next_in_s = 0.0
+        self._last_status: str | None = None
 
     def poll_now(self) -> None:
         self._wake.set()
@@ -91,7 +92,13 @@ class BundlePoller:
         except Unreachable as exc:
             log.info("bundle poll: server not reachable: %s", exc)
             ok = False
-        ok = ok and not self.fetcher.failed
+        # A poll that got no usable answer (network, or another process holding the
+        # update lock) retries on the short rhythm; a rejection is an answer.
+        status = getattr(self.last_result, "status", None) if ok else None
+        ok = ok and not self.fetcher.failed and status not in ("fetch_failed", "busy")
+        if status is not None and status != self._last_status:
+            log.info("bundle poll status=%s version=%s", status, getattr(self.last_result, "version", None))
+        self._last_status = status
         if ok:
             self.last_ok_mono = self._mono()
             self.next_in_s = self.timer.after_success()

@@ -91,17 +91,25 @@ class _Due:
 
 
 def default_bundle_update(agent: Agent) -> Callable[[HttpFetcher], Any] | None:
-    """The gate-side update of ``edge.bundles`` bound to this agent's state, or None when absent."""
+    """The gate-side update of ``edge.bundles`` bound to this agent's state, or None when absent.
+
+    Runs its start-up steps (bundles.md §3.6: temp files, a delayed ``bundle_applied`` /
+    ``keys_applied`` event, the in-force check) before the first poll.
+    """
     try:
-        from edge.bundles import updater as mod  # type: ignore[attr-defined]
+        from edge.bundles.updater import BundleUpdater
     except ImportError:
         return None
-    make = getattr(mod, "agent_update", None)
-    if not callable(make):
-        return None
-    fn = make(data_dir=agent.data_dir, state=agent.state, store=agent.store, clock=agent.clock,
-              device_id=agent.device_id, site_id=agent.identity.site_id)
-    return fn if callable(fn) else None
+    updater = BundleUpdater(agent.data_dir, state=agent.state, events=agent.store, clock=agent.clock,
+                            device_id=agent.device_id, site=agent.identity.site_id)
+    agent.bundle_updater = updater
+    try:
+        report = updater.startup()
+        if report.problems:
+            log.error("bundle start-up: %s", "; ".join(report.problems))
+    except Exception:  # the poll repairs what start-up could not; never keep the agent down for it
+        log.exception("bundle start-up check failed")
+    return updater.poll
 
 
 class Agent:
@@ -185,6 +193,7 @@ class Agent:
                                          data_dir=self.data_dir, reserve_mb=cfg.store.reserve_mb,
                                          retain_acked_days=cfg.store.retain_acked_days)
             self.poller: BundlePoller | None = None
+            self.bundle_updater: Any = None
             update = default_bundle_update(self) if bundle_update == "auto" else bundle_update
             if callable(update):
                 bundle_client = self._client(transport)
@@ -389,7 +398,7 @@ class Agent:
             self._storage_check()
         assert self._storage_report is not None
         doc = build_heartbeat(outbox=self.outbox, state=self.state, clock=self.clock, storage=self._storage_report,
-                              host=self._host)
+                              host=self._host, bundle=self._bundle_status())
         self._seen_bundle_gen = gen
         self._seen_clock_state = doc["clock"]["state"]
         self._seen_storage_level = self._storage_report.level
@@ -408,6 +417,22 @@ class Agent:
             log.info("heartbeat: server asks for a bundle poll now")
             self.poller.poll_now()
         return True
+
+    def _bundle_status(self) -> dict[str, Any] | None:
+        """The heartbeat's ``bundle`` block from the updater (bundles.md §5.5), when there is one."""
+        if self.bundle_updater is None:
+            return None
+        try:
+            st = self.bundle_updater.status()
+        except Exception:
+            log.exception("bundle status unavailable for the heartbeat")
+            return None
+        out = {k: st.get(k) for k in ("version", "sha256", "keys_version", "state", "issued_at", "last_check_ok_at")}
+        if st.get("mode"):
+            out["mode"] = st["mode"]
+        if st.get("update_failure"):
+            out["update_failure"] = st["update_failure"]
+        return out
 
     def _rebase(self) -> None:
         """§1.9 step 4: move the provisional chain behind the server's head."""
@@ -454,13 +479,14 @@ class Agent:
 
 
 def _server_keys_of(raw: bytes | str | None) -> list[str]:
-    """Public keys of the ``server`` role of a stored keys document (bundles.md §1.3)."""
+    """Public keys of the ``server`` role of the stored keys document (bundles.md §1.3)."""
     if raw is None:
         return []
     try:
-        doc = json.loads(raw)
-        signed = doc["signed"]
-        return [signed["keys"][k]["public"] for k in signed["roles"]["server"]["keyids"]]
-    except (ValueError, KeyError, TypeError):
-        log.error("stored keys document unreadable: acks verified with the enrolment key")
+        from sync.bundle import parse_keys
+
+        keys = parse_keys(raw if isinstance(raw, bytes) else raw.encode())
+        return [keys.keys[k] for k in keys.roles["server"].keyids]
+    except (ValueError, KeyError, SyncError) as exc:
+        log.error("stored keys document unreadable (%s): acks verified with the enrolment key", exc)
         return []

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edge import __version__
 from edge.clock import TrustedClock
 from edge.config import GateConfig, ensure_data_dir
-from edge.errors import WrongDevice
+from edge.errors import EdgeError, WrongDevice
 from edge.store.events import EventStore
 from edge.store.state import StateDB
 from sync.client import BadProof, DeviceClient, InvalidCode
@@ -145,7 +145,7 @@ def enroll(
     server_url: str,
     code: str,
     transport: httpx.BaseTransport | None = None,
-    install_anchor: Callable[[StateDB, bytes], str] | None = None,
+    install_anchor: Callable[[bytes], str] | None = None,
 ) -> EnrollResult:
     """Enrol this gate (module docstring). Idempotent once ``identity.json`` exists.
 
@@ -203,7 +203,8 @@ def enroll(
         anchor = "kept (this gate already holds a keys document)"
         with StateDB(data_dir) as state:
             if state.read_row("keys") is None:
-                anchor = _fetch_anchor(client, state, ans.keys_version, install_anchor)
+                install = install_anchor or _bundles_anchor(cfg, data_dir, state, ident)
+                anchor = _fetch_anchor(client, ans.keys_version, install)
         write_identity(ident_dir, ident)
     seq = _bind(cfg, data_dir, ident)
     log.info("enrolled device=%s keyid=%s", ident.device_id, key.keyid)
@@ -216,10 +217,7 @@ def _bind(cfg: GateConfig, data_dir: Path, ident: Identity) -> int | None:
         return ensure_binding(state, store, clock, ident)
 
 
-def _fetch_anchor(
-    client: DeviceClient, state: StateDB, keys_version: int | None,
-    install: Callable[[StateDB, bytes], str] | None,
-) -> str:
+def _fetch_anchor(client: DeviceClient, keys_version: int | None, install: Callable[[bytes], str] | None) -> str:
     if keys_version is None:
         return "none: the server has no keys document yet (give one with 'checkpoint gate init --keys')"
     try:
@@ -229,20 +227,27 @@ def _fetch_anchor(
     if data is None:
         return f"not found: /v1/keys/{keys_version}.json"
     if install is None:
-        install = _default_install_anchor()
-    if install is None:
         return "fetched but not installed: this build has no bundle support"
     try:
-        return install(state, data)
-    except (SyncError, ValueError) as exc:
+        return install(data)
+    except (SyncError, EdgeError, ValueError) as exc:
         raise EnrollError(f"the keys document from the server is not a valid anchor: {exc}") from exc
 
 
-def _default_install_anchor() -> Callable[[StateDB, bytes], str] | None:
+def _bundles_anchor(cfg: GateConfig, data_dir: Path, state: StateDB, ident: Identity) -> Callable[[bytes], str] | None:
+    """bundles.md §2.2.1: install the fetched keys document as the gate's anchor (D1-D5, own root threshold)."""
     try:
-        from edge import bundles
+        from edge.bundles.updater import BundleUpdater
     except ImportError:
         return None
-    fn = getattr(bundles, "install_anchor", None)
-    return fn if callable(fn) else None
 
+    def install(data: bytes) -> str:
+        with EventStore(data_dir, ident.device_id, max_db_mb=cfg.store.max_db_mb) as store:
+            clock = TrustedClock(state)
+            keys = BundleUpdater(data_dir, state=state, events=store, clock=clock, device_id=ident.device_id,
+                                 site=ident.site_id).install_anchor(data)
+        root = keys.roles["root"]
+        return (f"keys version {keys.version} of fleet {keys.fleet}; root key ids {', '.join(root.keyids)} "
+                f"(threshold {root.threshold}): compare them with the fleet's published list")
+
+    return install

@@ -146,14 +146,19 @@ def build_heartbeat(
     gate: GateStatusRead | None = None,
     stale_after_s: Callable[[], int | None] | None = None,
     host: dict[str, Any] | None = None,
+    bundle: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One heartbeat body (sync.md §4.2) from the current state of every part."""
+    """One heartbeat body (sync.md §4.2) from the current state of every part.
+
+    ``bundle`` is the bundle updater's own status when the agent runs one (bundles.md
+    §5.5); without it the block is read from the pointer row here.
+    """
     reading = clock.read()
     b = reading.boottime_ms
     if gate is None:
         gate = read_gate_status(state, boot=clock.boot, boottime_ms=b)
     gs = gate.status
-    bundle = bundle_summary(state, reading, stale_after_s=stale_after_s)
+    bundle = dict(bundle) if bundle is not None else bundle_summary(state, reading, stale_after_s=stale_after_s)
     if gs is not None and gs.mode is not None and "mode" not in bundle:
         bundle["mode"] = gs.mode
     doc: dict[str, Any] = {

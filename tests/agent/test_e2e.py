@@ -338,3 +338,87 @@ def test_restart_resumes_from_the_outbox(e2e: E2E):
     assert e2e.server_rows() == e2e.local_rows()
     posts = e2e.h.rows("SELECT count(*) AS n FROM request_nonces WHERE device_id = :d", d=DEVICE)[0].n
     assert posts >= 3
+
+
+# -- bundles: the agent's poller runs the gate-side update against the real server ---------------
+
+def _sources(mode: str) -> dict[str, bytes]:
+    repo = Path(__file__).resolve().parents[2]
+    return {
+        "rules.json": (repo / "config/rules/rules.json").read_bytes(),
+        "settings.json": (repo / "config/rules/settings.json").read_bytes(),
+        "trust.json": json.dumps({"keys": []}).encode(),
+        "roster.json": json.dumps({"roster_key": "ab" * 32, "staff": [], "teams": []}).encode(),
+        "firms.json": b"[]", "preregistrations.json": b"[]", "revocations.json": b"[]",
+        "mode.json": json.dumps({"mode": mode, "since": format_ms(utc_now_ms() - 60_000), "reason": "",
+                                 "set_by": "admin"}).encode(),
+    }
+
+
+@pytest.fixture
+def fleet_e2e(db_url: str, tmp_path: Path) -> Iterator[tuple[E2E, Any]]:  # noqa: F811
+    from sync.bundle.publish import keys_body, sign_document
+    from sync.keys import generate_key
+    from tests.server.harness import key_from_seed
+
+    root = generate_key("root", "root-1")
+    publisher = generate_key("publisher", "publisher-1")
+    server_key = key_from_seed("server", "checkpoint test server key v1")
+    keys1 = sign_document("keys", keys_body(previous=None, fleet="test-fleet", root=[root], publisher=[publisher],
+                                            server=[server_key.public_only()],
+                                            issued_at_ms=utc_now_ms() - 86_400_000), [root])
+    h = ServerHarness(db_url, tmp_path, clock=RealClock(), server_key=server_key,  # type: ignore[arg-type]
+                      publisher_keys=[publisher])
+    r = h.admin("POST", "/v1/admin/keys", content=keys1, headers={"Content-Type": "application/json"})
+    assert r.status_code == 201, r.text
+    r = h.admin("POST", "/v1/admin/sources", data={"site": "", "note": "first rules"},
+                files=[("files", (n, d)) for n, d in _sources("normal").items()])
+    assert r.status_code == 201, r.text
+    env = E2E(h, tmp_path)
+    yield env, keys1
+    env.close()
+    h.close()
+
+
+def test_bundle_polling_reaches_a_new_mode_at_the_next_poll(fleet_e2e: tuple[E2E, Any]) -> None:
+    import threading
+
+    env, keys1 = fleet_e2e
+    assert env.enrolled.anchor.startswith("keys version 1 of fleet test-fleet")  # anchor fetched at enrolment
+    env.cfg.sync.poll_bundle_s = 2.0
+    agent = env.agent(bundle_update="auto")
+    assert agent.poller is not None
+    stop = threading.Event()
+    worker = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        def mode() -> str | None:
+            row = env.state.read_row("bundle")
+            return None if row is None else row["mode"]
+
+        end = utc_now_ms() + 60_000
+        while mode() != "normal" and utc_now_ms() < end:
+            stop.wait(0.05)
+        assert mode() == "normal"
+        polls_before = agent.poller.polls
+        r = env.h.admin("POST", "/v1/admin/mode", json={"site": None, "mode": "emergency", "reason": "drill"})
+        assert r.status_code == 201, r.text
+        while mode() != "emergency" and utc_now_ms() < end:
+            stop.wait(0.05)
+        assert mode() == "emergency"
+        # the switch came with the first poll after publishing (each wait ≤ poll_bundle_s, test_timing.py)
+        assert agent.poller.polls - polls_before <= 2
+        assert agent.poller.failed_polls == 0
+        # the event follows the switch (state row first, then the event, bundles.md §3.6)
+        while [e.kind for e in env.store.iter_all()].count("bundle_applied") < 2 and utc_now_ms() < end:
+            stop.wait(0.05)
+        kinds = [e.kind for e in env.store.iter_all()]
+        assert kinds.count("bundle_applied") == 2 and "keys_applied" in kinds
+        # the next heartbeat reports the new bundle and mode
+        agent.due.heartbeat = 0
+        stop.wait(1.5)
+        dev = env.device()
+        assert dev.hb_bundle_version == 2 and dev.hb_mode == "emergency"
+    finally:
+        stop.set()
+        worker.join(10)

@@ -35,7 +35,7 @@ def test_enroll_writes_identity_key_binding_and_event(tmp_path):
     server = _server()
     installed = []
     res = enroll(cfg, server_url="http://127.0.0.1:8080", code=CODE, transport=server.transport(),
-                 install_anchor=lambda st, data: installed.append(data) or "installed keys 1")
+                 install_anchor=lambda data: installed.append(data) or "installed keys 1")
     ident = load_identity(cfg.identity_dir)
     assert ident is not None and ident.device_id == "gate-fc-0007" and ident.keyid == res.keyid
     key_mode = stat.S_IMODE((cfg.identity_dir / "device.key").stat().st_mode)
@@ -58,7 +58,7 @@ def test_enroll_fetches_the_keys_anchor_when_it_holds_none(tmp_path):
     server.keys_docs["1"] = b'{"signatures":[],"signed":{}}'
     got = []
     res = enroll(cfg, server_url="http://127.0.0.1:8080", code=CODE, transport=server.transport(),
-                 install_anchor=lambda st, data: got.append(data) or "anchor keys v1, root ids ...")
+                 install_anchor=lambda data: got.append(data) or "anchor keys v1, root ids ...")
     assert got == [b'{"signatures":[],"signed":{}}'] and res.anchor.startswith("anchor keys v1")
 
 
