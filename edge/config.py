@@ -128,6 +128,21 @@ class ModbusConfig(ConfigModel):
     poll_s: float = Field(0.2, gt=0, le=10)
     response_timeout_s: float = Field(0.5, gt=0, le=10)
 
+    @field_validator("ambient_register", mode="before")
+    @classmethod
+    def _none_spelled_out(cls, v: object) -> object:
+        # TOML has no null: ambient_register = "none" says the device has no ambient (hardware.md §1.4).
+        return None if isinstance(v, str) and v.strip().lower() == "none" else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _float32_has_no_default_ambient(cls, data: object) -> object:
+        # §1.13 says "omit if the device has none", but omitted means the default 1, which
+        # overlaps a float32 object value at 0: for float32, omitted means none.
+        if isinstance(data, dict) and data.get("format") == "float32" and "ambient_register" not in data:
+            return {**data, "ambient_register": None}
+        return data
+
 
 class AsciiConfig(ConfigModel):
     unit: Literal["C", "F"] = "C"
@@ -170,6 +185,20 @@ class ThermometerConfig(ConfigModel):
             raise ValueError('site = "wrist" needs offset_c and ambient_k set explicitly (hardware.md §1.9)')
         if self.presence_min_c >= self.presence_max_c:
             raise ValueError("presence_min_c must be below presence_max_c")
+        return self
+
+    @model_validator(mode="after")
+    def _usable_by_the_reader(self) -> ThermometerConfig:
+        # The reader's own checks (regex patterns with a group v, float32 registers that
+        # overlap, min_samples > smooth_n...), so that such a file fails at load (exit 78)
+        # rather than when the gate opens the thermometer.
+        from firmware_bridge.errors import ProtocolConfigError
+        from firmware_bridge.options import ThermometerOptions
+
+        try:
+            ThermometerOptions.parse(None, None, self.model_dump())
+        except ProtocolConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     @property

@@ -107,7 +107,12 @@ class ModbusOptions:
         map_keys = {"address", "function", "object_register", "ambient_register", "format", "scale", "word_order"}
         _unknown(s, raw, map_keys | {"poll_s", "response_timeout_s"})
         m = ModbusMap()
-        ambient = raw.get("ambient_register", m.ambient_register)
+        if raw.get("format") == "float32" and "ambient_register" not in raw:
+            ambient = None  # register 1 would overlap a float32 object value: omitted means none
+        else:
+            ambient = raw.get("ambient_register", m.ambient_register)
+        if isinstance(ambient, str) and ambient.strip().lower() == "none":
+            ambient = None  # TOML has no null
         mmap = ModbusMap(
             address=_integer(s, "address", raw.get("address", m.address), lo=1, hi=247),
             function=_choice(s, "function", raw.get("function", m.function), (3, 4)),

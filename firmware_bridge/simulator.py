@@ -250,6 +250,7 @@ class ThermometerSim:
         self._connected = False
         self._master: int | None = None
         self.pty_path = ""
+        self.replugged_mono: float | None = None
         self._closed = False
         self._own_dir: Path | None = None
         if link is None:
@@ -416,6 +417,7 @@ class ThermometerSim:
     def _replug(self, now: float) -> None:
         self._unplugged_until = None
         self._open_pty()
+        self.replugged_mono = time.monotonic()  # when the port reappeared (bench: reconnect latency)
         self._gy_continuous = self.auto_output  # §1.11: power-up behaviour applied
         self._reset_until = None
         self._next_emit = now
