@@ -101,6 +101,16 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts)[:500] or "invalid request"
 
 
+def routers() -> list[Any]:
+    """Every router the app mounts (tests walk these to check that no route escapes the authz matrix)."""
+    from sync.server import dashboard
+    from sync.server.routes import admin, audit, devices, enroll, public
+    from sync.server.routes import publish as publish_routes
+
+    return [devices.router, enroll.router, public.router, admin.router, publish_routes.router, audit.router,
+            audit.heavy, dashboard.router]
+
+
 def create_app(state: ServerState, *, workers: bool | None = None) -> FastAPI:
     """The ASGI app for one server process.
 
@@ -108,10 +118,7 @@ def create_app(state: ServerState, *, workers: bool | None = None) -> FastAPI:
         state: the opened ``ServerState``.
         workers: run the webhook worker and the periodic jobs (default: ``background_jobs``).
     """
-    from sync.server import dashboard
     from sync.server.metrics_db import fleet_gauges
-    from sync.server.routes import admin, audit, devices, enroll, public
-    from sync.server.routes import publish as publish_routes
 
     run_workers = state.config.background_jobs if workers is None else workers
 
@@ -165,8 +172,7 @@ def create_app(state: ServerState, *, workers: bool | None = None) -> FastAPI:
         log.error("internal error route=%s", request.url.path, exc_info=exc)
         return JSONResponse({"error": "internal", "detail": "internal server error"}, status_code=500)
 
-    for r in (devices.router, enroll.router, public.router, admin.router, publish_routes.router, audit.router,
-              audit.heavy, dashboard.router):
+    for r in routers():
         app.include_router(r)
     app.add_middleware(BodyLimit, default_max=state.config.max_body_bytes)
     return app

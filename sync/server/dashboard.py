@@ -251,7 +251,7 @@ def alerts_page(request: Request, status: str = "open") -> Response:
     with st.db.read() as conn:
         alerts = [alert_json(r) for r in conn.execute(q).all()]
     return _page(request, "alerts.html", who=who, token=token, title="告警 / Alerts", nav="alerts", refresh=30,
-                 alerts=alerts, status=status, status_label=status or "all")
+                 alerts=alerts, status_filter=status, status_label=status or "all")
 
 
 @router.post("/dashboard/alerts/{alert_id}/ack")

@@ -7,7 +7,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import delete, select, update
 
 from sync.server import models as m
@@ -142,7 +142,7 @@ def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**53)], st: State) -> J
         if res.rowcount == 0 and conn.execute(select(t.api_tokens.c.id).where(
                 t.api_tokens.c.id == token_id)).first() is None:
             raise ApiError(404, "not_found", "no such token")
-    return JSONResponse(None, status_code=204)
+    return Response(status_code=204)
 
 
 # -- webhooks ----------------------------------------------------------------------------------------------------
@@ -178,4 +178,4 @@ def delete_webhook(webhook_id: Annotated[int, Path(ge=1, le=2**53)], st: State) 
         res = conn.execute(delete(t.webhooks).where(t.webhooks.c.id == webhook_id))
         if res.rowcount == 0:
             raise ApiError(404, "not_found", "no such webhook")
-    return JSONResponse(None, status_code=204)
+    return Response(status_code=204)
