@@ -14,7 +14,9 @@ from edge.camera import Camera, PushSource
 from edge.config import GateConfig
 from edge.demo import DemoWorld, install_bundle, qr_image
 from edge.store.schema import connect
+from sync.identity import Identity, Venue, write_identity
 
+PID_KEY = bytes(range(32))
 RELAY, RED, AMBER, GREEN, BUZZER, BUTTON, BEAM = 17, 22, 23, 24, 25, 27, 5
 
 
@@ -35,9 +37,14 @@ def gate_config(data_dir: Path, *, lane: str = "person", thermometer: bool = Fal
 
 class Harness:
     def __init__(self, world: DemoWorld, bundle_dir: Path | None, data_dir: Path, pins: Any, *,
-                 env: dict[str, str] | None = None, **cfg_kw: Any) -> None:
+                 env: dict[str, str] | None = None, enrolled: bool = False, **cfg_kw: Any) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.cfg = gate_config(data_dir, **cfg_kw)
+        if enrolled:
+            write_identity(self.cfg.identity_dir, Identity(
+                device_id=self.cfg.gate.device_id, server_url="https://checkpoint.invalid", server_key="11" * 32,
+                keyid="22" * 8, pid_key=PID_KEY.hex(), pid_kid=1, site_id="site-test",
+                venue=Venue(venue_id="V0012-01", zone="production", door="south-1"), firm_id="F0012"))
         if bundle_dir is not None:
             install_bundle(bundle_dir, data_dir, self.cfg.gate.device_id)
         self.world = world

@@ -293,7 +293,11 @@
       banners.append(el("div", "banner red", t(`账号 ${a} 已锁定 5 分钟`, `Account ${a} locked for 5 min`)));
     }
   }
-  function link(ok) { setItem("link", ok ? ["已连接", "Live"] : ["连接中断", "Connection lost"], ok ? "ok" : "bad"); }
+  function link(ok) {
+    // Shown only while the stream is down: a live console needs no word for it.
+    setItem("link", ok ? ["已连接", "Live"] : ["连接中断", "Connection lost"], ok ? "ok" : "bad");
+    $("#st-link").classList.toggle("quiet", ok);
+  }
 
   // -- stream ---------------------------------------------------------------------------------
   function connect() {
@@ -351,7 +355,9 @@
       pad.append(bt);
     }
     show();
-    return field("密码", "PIN", display, pad);
+    const f = field("密码", "PIN", display, pad);
+    f.classList.add("pin");
+    return f;
   }
   function accountField(state, adminOnly) {
     const list = accounts.filter((a) => !adminOnly || a.role === "admin");
@@ -375,6 +381,7 @@
     $("#modal-title").replaceChildren(t(titleZh, titleEn));
     $("#modal-body").replaceChildren(...body);
     $("#modal-error").hidden = true;
+    $("#modal-ok").hidden = false;
     submit = onSubmit;
     modal.hidden = false;
   }
@@ -430,16 +437,22 @@
     const list = eligible();
     const state = { decision: list.length ? list[0].seq : null, to: null, reason: null, note: "", account: null, pin: "" };
     const toBox = el("div");
+    const rest = el("div", "rest");
+    rest.append(reasonField(state), noteField(state), accountField(state, false));
+    const pad = pinPad(state);
     function renderTo() {
       const v = decisions.get(state.decision);
       toBox.replaceChildren();
+      state.to = null;
       if (!v) return;
       const items = [];
       if (v.overridable) items.push({ value: "admit", label: t("准许通行", "ADMIT") });
       if (effective(v) !== "deny") items.push({ value: "deny", label: t("禁止通行", "DENY") });
-      state.to = null;
       if (!v.overridable) toBox.append(el("p", "refusal", t("不可人工放行", "Cannot be overridden")));
-      toBox.append(field("改为", "Change to", choices(items, (x) => { state.to = x; })));
+      if (items.length) toBox.append(field("改为", "Change to", choices(items, (x) => { state.to = x; })));
+      // Nothing to choose: no reason, account or PIN to ask for.
+      rest.hidden = pad.hidden = !items.length;
+      $("#modal-ok").hidden = !items.length;
     }
     const body = [];
     if (!list.length) {
@@ -451,8 +464,7 @@
         if (v.subject && v.subject.name_m) lab.append(" " + v.subject.name_m);
         return { value: v.seq, label: lab };
       }), (x) => { state.decision = x; renderTo(); }, state.decision)));
-      body.push(toBox, reasonField(state), noteField(state), accountField(state, false), pinPad(state));
-      renderTo();
+      body.push(toBox, rest, pad);
     }
     openModal("人工改判", "Override", body, async () => {
       if (!list.length) { closeModal(); return; }
@@ -461,6 +473,7 @@
         note: state.note, account: state.account, pin: state.pin });
       if (r) closeModal();
     });
+    if (list.length) renderTo(); else $("#modal-ok").hidden = true;
   });
   $("#btn-manual").addEventListener("click", () => {
     const state = { outcome: null, reason: null, note: "", account: null, pin: "" };
