@@ -174,6 +174,8 @@ def _item(data: bytes, pos: int, depth: int, max_depth: int) -> tuple[Any, int]:
 
 def _pair(data: bytes, pos: int, depth: int, max_depth: int, result: dict[Any, Any]) -> int:
     key_at = pos
+    if pos >= len(data):
+        raise DecodeError("truncated CBOR: map key expected")
     ib = data[pos]
     # Fast paths for the keys credentials use (short text, small integers); same rules.
     if 0x60 <= ib <= 0x77:
