@@ -498,6 +498,7 @@ class Thermometer:
                     lost = True
                     self._set_state("fault", f"port lost: {exc}")
                 except _Reopen:
+                    self._device_fault = False  # nothing answered at all: stale, not the old exception
                     with self._lock:
                         self._reopens += 1
                     log.info("thermometer port=%s protocol=%s no valid reading for %.1fs: reopening",

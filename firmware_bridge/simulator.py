@@ -339,10 +339,11 @@ class ThermometerSim:
         with self._lock:
             return self._gy_continuous
 
-    def scene(self, now: float | None = None) -> tuple[float, float]:
-        """(object, ambient) the sensor sees now, before noise (for tests and the demo)."""
+    def scene(self, at_s: float | None = None) -> tuple[float, float]:
+        """(object, ambient) the sensor sees ``at_s`` seconds after start (default now), without noise."""
         with self._lock:
-            return self._scene(time.monotonic() if now is None else now, noise=False)
+            now = time.monotonic() if at_s is None else self._start + at_s
+            return self._scene(now, noise=False)
 
     def close(self) -> None:
         """Stop, close the pty, remove the link; idempotent."""

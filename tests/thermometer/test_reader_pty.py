@@ -368,6 +368,9 @@ def test_pymodbus_client_reads_the_simulator() -> None:
             assert not ir.isError() and ir.registers == [251]
             bad = client.read_holding_registers(5, count=1, device_id=1)
             assert bad.isError() and bad.exception_code == 2
+            write = client.write_register(0, 1, device_id=1)  # the simulated slave only reads
+            assert write.isError() and write.exception_code == 1
+            assert not client.read_holding_registers(0, count=2, device_id=1).isError()
         finally:
             client.close()
 
@@ -459,3 +462,19 @@ def test_disabled_thermometer_is_absent() -> None:
 def test_bad_options_fail_at_open_naming_the_key(args, options, needle) -> None:
     with pytest.raises(ProtocolConfigError, match=needle):
         open_thermometer(*args, **options)
+
+
+def test_simulator_scene_follows_the_people_list() -> None:
+    """§1.11: every 5 s the next person for 2 s, ramping over 0.3 s; *2 steps away 1.5 s and returns."""
+    with ThermometerSim("ascii", people="34.2,35.5*2", every_s=5.0, stay_s=2.0, faults="cold=30+5") as sim:
+        at = sim.scene
+        assert at(1.0) == (25.0, 25.0)  # nobody yet (noise-free view of the scene)
+        assert at(3.15) == (29.6, 25.0)  # half way up the 0.3 s ramp
+        assert at(4.0) == (34.2, 25.0)
+        assert at(6.0) == (25.0, 25.0)  # gone; the next slot's lead-in
+        assert at(9.0) == (35.5, 25.0)  # the fever person
+        assert at(10.5) == (25.0, 25.0)  # stepped back
+        assert at(12.0) == (35.5, 25.0)  # presents again: the re-measure
+        assert at(13.5 + 3.5) == (34.2, 25.0)  # the list starts over after 5 + 8.5 s
+        assert at(31.0) == (31.2, 4.5)  # cold morning: a person reads 31.2 at ambient 4.5
+        assert at(33.0) == (4.5, 4.5)  # nobody in front reads the cold ambient
