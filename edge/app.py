@@ -64,6 +64,7 @@ from edge.gate import Turnstile, make_pin_factory
 from edge.store.events import Appended, EventStore
 from edge.store.schema import EVENTS_SCHEMA_VERSION
 from edge.store.state import StateDB
+from sync.errors import ConfigError
 from sync.identity import load_identity
 from sync.timefmt import to_ms
 
@@ -394,9 +395,9 @@ class GateApp:
             self._loop()
             clean = True
             return 0
-        except EdgeError as exc:
+        except (EdgeError, ConfigError) as exc:
             if not self.ready.is_set():
-                raise
+                raise                                  # start-up: one line and exit 1 / 78 from the CLI
             log.exception("decision loop stopped by an error: %s", exc)
             return 70
         except Exception:
