@@ -707,7 +707,8 @@ class Camera:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._seq = 0
+        held = self.slot.peek()
+        self._seq = held.seq if held is not None else 0  # a slot handed on keeps counting up
         self._last_frame_t: float | None = None
         self._last_shape: tuple[int, ...] | None = None
         self._times: deque[float] = deque(maxlen=64)
@@ -816,7 +817,11 @@ class Camera:
             except Exception:
                 # A bug in a source must not end capture for good: log it, back off, reopen.
                 log.exception("capture:%s failed; reopening", self.name)
-                self._set(absent=not self.source.exists(), detail="error")
+                try:
+                    absent = not self.source.exists()
+                except Exception:
+                    absent = False
+                self._set(absent=absent, detail="error")
                 got_frames = False
             finally:
                 self.source.close()
