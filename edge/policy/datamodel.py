@@ -119,6 +119,10 @@ def _check_settings_path(frags: list[str], policy: Mapping[str, Any]) -> str | N
     return None
 
 
+def _is_map(value: Any) -> bool:
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 # --------------------------------------------------------------------------- instants
 
 _JSON_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z", re.ASCII)
@@ -316,10 +320,10 @@ def compute_derived(
     read from ``external.now`` and ``external.gate.tz`` (rule tests). Total: a field
     that cannot be computed is null, and the rules that need it refer.
     """
-    pl = payload if isinstance(payload, Mapping) else {}
-    ext = external if isinstance(external, Mapping) else {}
+    pl = payload if _is_map(payload) else {}
+    ext = external if _is_map(external) else {}
     person = ext.get("person")
-    person = person if isinstance(person, Mapping) else None
+    person = person if _is_map(person) else None
     if person is not None:
         role = person.get("role")
     else:
@@ -347,12 +351,12 @@ def compute_derived(
 
     window = None
     settings = ext.get("settings")
-    if isinstance(settings, Mapping):
+    if _is_map(settings):
         table = settings.get("test_window_h")
         mode = ext.get("mode")
-        per_mode = table.get(mode) if isinstance(table, Mapping) and type(mode) is str else None
+        per_mode = table.get(mode) if _is_map(table) and type(mode) is str else None
         key = "closed_loop" if person is not None and person.get("closed_loop") is True else role
-        if isinstance(per_mode, Mapping) and type(key) is str:
+        if _is_map(per_mode) and type(key) is str:
             w = per_mode.get(key)
             window = w if type(w) is int else None
 
@@ -360,7 +364,7 @@ def compute_derived(
     if now_ms is not None:
         if tzinfo is None:
             gate = ext.get("gate")
-            tz = gate.get("tz") if isinstance(gate, Mapping) else None
+            tz = gate.get("tz") if _is_map(gate) else None
             if type(tz) is str:
                 try:
                     tzinfo = zone_info(tz)

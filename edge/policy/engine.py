@@ -35,6 +35,7 @@ from edge.policy import datamodel
 from edge.policy.bundle_view import BundleView
 from edge.policy.certlogic import CertLogicError, MissingDataError, Program, validate
 from edge.policy.certlogic import compile as compile_logic
+from edge.policy.codegen import compile_strict
 from edge.policy.errors import NotJudged, RuleSetError
 from edge.policy.settings import check_policy
 
@@ -53,6 +54,7 @@ __all__ = [
     "RuleSet",
     "Temperature",
     "decide",
+    "evaluation_data",
     "inputs_digest",
     "judge",
     "reason_list",
@@ -172,6 +174,7 @@ class Rule:
     logic: dict[str, Any]
     order: int
     program: Program = field(repr=False)
+    strict: Callable[[Any], Any] = field(repr=False)
     _reason_zh: _Template = field(repr=False)
     _reason_en: _Template = field(repr=False)
 
@@ -297,7 +300,7 @@ def _load_rule(raw: Any, index: int, policy: Mapping[str, Any]) -> Rule:
         if why is not None:
             raise _rule_error(rid, "logic", f"var {path[:80]}: {why}")
     program = compile_logic(logic)
-    program.prepare_strict()  # compiled at bundle load, not at the first scan
+    strict = compile_strict(logic)  # generated code, compiled at bundle load (codegen.py)
     return Rule(
         id=rid,
         version=version,
@@ -313,6 +316,7 @@ def _load_rule(raw: Any, index: int, policy: Mapping[str, Any]) -> Rule:
         logic=logic,
         order=index,
         program=program,
+        strict=strict,
         _reason_zh=_Template(reason.zh),
         _reason_en=_Template(reason.en),
     )
@@ -321,7 +325,7 @@ def _load_rule(raw: Any, index: int, policy: Mapping[str, Any]) -> Rule:
 class RuleSet:
     """A checked, compiled rule set in rule-set order (rules.md §2.1)."""
 
-    __slots__ = ("_by_id", "_index", "policy", "rules")
+    __slots__ = ("_by_id", "_index", "_windowed", "policy", "rules")
 
     def __init__(self, rules: Sequence[Rule], policy: Mapping[str, Any]) -> None:
         self.rules = tuple(rules)
@@ -330,6 +334,7 @@ class RuleSet:
         self._index: dict[tuple[str, str], tuple[Rule, ...]] = {
             (k, lane): tuple(r for r in self.rules if k in r.kinds and lane in r.lanes) for k in KINDS for lane in LANES
         }
+        self._windowed = any(r.valid_from_ms is not None or r.valid_until_ms is not None for r in self.rules)
 
     @classmethod
     def from_parts(cls, rules: Any, policy: Any) -> RuleSet:
@@ -365,6 +370,8 @@ class RuleSet:
     def select(self, kind: str, lane: str, now_ms: int) -> tuple[Rule, ...]:
         """The rules that apply to this kind and lane at ``now`` (§3.2 step 2), in rule-set order."""
         candidates = self._index.get((kind, lane), ())
+        if not self._windowed:
+            return candidates
         return tuple(
             r
             for r in candidates
@@ -518,7 +525,6 @@ class Judgement:
     alert: str
     overridable: bool
     lockout_s: int
-    evaluated: tuple[str, ...]
 
 
 _GROUP = {"deny": 0, "refer": 1, "error": 2}
@@ -530,12 +536,15 @@ def judge(rules: Sequence[Rule], data: Any) -> Judgement:
     failed: list[tuple[Rule, Failure]] = []
     for rule in rules:
         try:
-            result = rule.program.evaluate(data, strict_paths=True)
+            result = rule.strict(data)
         except MissingDataError as exc:
             failed.append((rule, Failure(rule.id, rule.version, "error", f"missing {exc.path}")))
             continue
         except CertLogicError as exc:
             failed.append((rule, Failure(rule.id, rule.version, "error", str(exc)[:200])))
+            continue
+        except Exception as exc:  # §3.2: "or anything else" is a rule error too; it refers, never admits
+            failed.append((rule, Failure(rule.id, rule.version, "error", f"evaluation failed: {type(exc).__name__}")))
             continue
         if result is True:
             continue
@@ -544,7 +553,8 @@ def judge(rules: Sequence[Rule], data: Any) -> Judgement:
         else:
             what = type(result).__name__ if result is not None else "null"
             failed.append((rule, Failure(rule.id, rule.version, "error", f"returned {what}, not a boolean")))
-    failed.sort(key=lambda rf: (_GROUP[rf[1].outcome], -_ALERT_RANK[rf[0].alert], rf[0].order))
+    if len(failed) > 1:
+        failed.sort(key=lambda rf: (_GROUP[rf[1].outcome], -_ALERT_RANK[rf[0].alert], rf[0].order))
     outcome = "ADMIT"
     alert_rank = 0
     overridable = True
@@ -575,7 +585,6 @@ def judge(rules: Sequence[Rule], data: Any) -> Judgement:
         alert=ALERTS[alert_rank],
         overridable=overridable and outcome != "ADMIT",
         lockout_s=lockout,
-        evaluated=tuple(r.id for r in rules),
     )
 
 
@@ -586,6 +595,10 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
+# sync.md §1.3 serialisation without its value profile (rules.md §3.5); an encoder is immutable
+_DIGEST_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
 def inputs_digest(data: Mapping[str, Any]) -> str:
     """SHA-256 of the data object without ``external.settings`` (rules.md §3.5).
 
@@ -593,9 +606,9 @@ def inputs_digest(data: Mapping[str, Any]) -> str:
     profile: ``payload.dcc`` may hold floats and keys outside ``[a-z0-9_]``.
     """
     external = data.get("external")
-    if isinstance(external, Mapping):
+    if type(external) is dict or isinstance(external, Mapping):
         data = {**data, "external": {k: v for k, v in external.items() if k != "settings"}}
-    body = json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=_json_default)
+    body = _DIGEST_ENCODER.encode(data)
     return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -677,12 +690,12 @@ def _stage0_digest(inputs: DecisionInputs, reason_id: str) -> str:
 
 def _claims(cred: Any) -> Mapping[str, Any] | None:
     claims = getattr(cred, "claims", None)
-    return claims if isinstance(claims, Mapping) else None
+    return claims if type(claims) is dict or isinstance(claims, Mapping) else None
 
 
 def _checks(cred: Any) -> Mapping[str, Any]:
     checks = getattr(cred, "checks", None)
-    return checks if isinstance(checks, Mapping) else {}
+    return checks if type(checks) is dict or isinstance(checks, Mapping) else {}
 
 
 def _credential_rows(inputs: DecisionInputs, creds: list[Any], bundle: BundleView) -> Decision | None:
@@ -746,7 +759,64 @@ def decide(inputs: DecisionInputs, *, timer: Callable[[], int] | None = None) ->
     return decision
 
 
+def evaluation_data(inputs: DecisionInputs) -> dict[str, Any] | None:
+    """The data object stage 1 would judge (rules.md §2.2), or None when stage 0 decides.
+
+    For tools and benchmarks; ``decide`` builds the same object.
+    """
+    prepared = _stage0_or_payload(inputs)
+    if isinstance(prepared, Decision):
+        return None
+    payload, roster_entry = prepared
+    assert inputs.bundle is not None
+    return _build_data(inputs, inputs.bundle, payload, roster_entry)
+
+
 def _decide(inputs: DecisionInputs) -> Decision:
+    prepared = _stage0_or_payload(inputs)
+    if isinstance(prepared, Decision):
+        return prepared
+    payload, roster_entry = prepared
+    bundle = inputs.bundle
+    assert bundle is not None
+    lane = inputs.lane
+    kind = payload["kind"]
+    now_ms = inputs.now_ms
+    rules = bundle.rules.select(kind, lane, now_ms)
+    if not rules:
+        return _stage0(inputs, "pre-no-rule", kind=kind)
+
+    data = _build_data(inputs, bundle, payload, roster_entry)
+    j = judge(rules, data)
+    external = data["external"]
+    outcome, stage = j.outcome, 1
+    failures, reason_ids, reasons = j.failures, j.reason_ids, j.reasons
+    overridable = j.overridable
+    if inputs.freshness == "expired" and outcome == "ADMIT" and not (kind == "health" and external["person"] is not None):
+        outcome, stage = "REFER", 2
+        failures = (Failure("pre-bundle-expired", "", "refer"),)
+        reason_ids = ("pre-bundle-expired",)
+        reasons = (PRE_TEXTS["pre-bundle-expired"],)
+        overridable = True
+    return Decision(
+        outcome=outcome,
+        stage=stage,
+        failures=failures,
+        reason_ids=reason_ids,
+        reasons=reasons,
+        alert=j.alert if stage == 1 else "none",
+        overridable=overridable,
+        inputs_digest=inputs_digest(data),
+        rules_digest=bundle.rules_digest,
+        settings_digest=bundle.settings_digest,
+        kind=kind,
+        facts=_facts(data, bundle),
+        lockout_s=j.lockout_s if stage == 1 else 0,
+    )
+
+
+def _stage0_or_payload(inputs: DecisionInputs) -> Decision | tuple[dict[str, Any], Any]:
+    """Stage 0 (§3.1): a Decision when a row matches, else (the payload, the roster entry of an opaque code)."""
     bundle = inputs.bundle
     if bundle is None or inputs.freshness == "none":
         return _stage0(inputs, "pre-no-bundle")
@@ -793,40 +863,7 @@ def _decide(inputs: DecisionInputs) -> Decision:
             text = PRE_TEXTS["pre-unpaired-driver"] if passes else PRE_TEXTS["pre-unpaired-pass"]
             return _stage0(inputs, "pre-unpaired", reason=text, kind="pass" if passes else None, pairing=held)
         payload = datamodel.payload_from_pair(_claims(passes[0]), _claims(healths[0]))  # type: ignore[arg-type]
-
-    kind = payload["kind"]
-    now_ms = inputs.now_ms
-    rules = bundle.rules.select(kind, lane, now_ms)
-    if not rules:
-        return _stage0(inputs, "pre-no-rule", kind=kind)
-
-    data = _build_data(inputs, bundle, payload, roster_entry)
-    j = judge(rules, data)
-    external = data["external"]
-    outcome, stage = j.outcome, 1
-    failures, reason_ids, reasons = j.failures, j.reason_ids, j.reasons
-    overridable = j.overridable
-    if inputs.freshness == "expired" and outcome == "ADMIT" and not (kind == "health" and external["person"] is not None):
-        outcome, stage = "REFER", 2
-        failures = (Failure("pre-bundle-expired", "", "refer"),)
-        reason_ids = ("pre-bundle-expired",)
-        reasons = (PRE_TEXTS["pre-bundle-expired"],)
-        overridable = True
-    return Decision(
-        outcome=outcome,
-        stage=stage,
-        failures=failures,
-        reason_ids=reason_ids,
-        reasons=reasons,
-        alert=j.alert if stage == 1 else "none",
-        overridable=overridable,
-        inputs_digest=inputs_digest(data),
-        rules_digest=bundle.rules_digest,
-        settings_digest=bundle.settings_digest,
-        kind=kind,
-        facts=_facts(data, bundle),
-        lockout_s=j.lockout_s if stage == 1 else 0,
-    )
+    return payload, roster_entry
 
 
 def _build_data(inputs: DecisionInputs, bundle: BundleView, payload: dict[str, Any], roster_entry: Any) -> dict[str, Any]:
