@@ -249,7 +249,7 @@ def _indefinite_string(data: bytes, pos: int, major: int) -> tuple[Any, int]:
 
 
 def _indefinite_array(data: bytes, pos: int, depth: int, max_depth: int) -> tuple[Any, int]:
-    items = []
+    items: list[Any] = []
     while True:
         value, pos = _item(data, pos, depth + 1, max_depth)
         if value is _BREAK:

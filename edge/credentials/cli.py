@@ -121,7 +121,8 @@ def _show(index: int, total: int, result: Verification) -> None:
     shown: dict[str, Any] = {k: v for k, v in claims.items() if k not in ("dcc", "id")}
     dcc = claims.get("dcc")
     if isinstance(dcc, dict):
-        nam = dcc.get("nam") if isinstance(dcc.get("nam"), dict) else {}
+        nam_value = dcc.get("nam")
+        nam: dict[str, Any] = nam_value if isinstance(nam_value, dict) else {}
         name = " ".join(str(nam.get(k, "")) for k in ("gnt", "fnt") if nam.get(k))
         shown["name"] = mask_name(name.replace("<", " "))
         dob = dcc.get("dob")

@@ -10,7 +10,8 @@ Rules, in the order they are applied to each entry (§4.1-4.4):
 2. a certificate is parsed with ``cryptography``; when that refuses it (real DCC signing
    certificates carry DER quirks such as an encoded default in BasicConstraints), the DER
    is walked by hand for the SPKI, ``notBefore``/``notAfter`` and the EKU extension;
-3. the key must be Ed25519, EC P-256/P-384/P-521 or RSA >= 2048 bits;
+3. the key must be Ed25519, EC P-256/P-384/P-521 (named, or with those curves'
+   parameters spelled out, as some real signing keys have) or RSA >= 2048 bits;
 4. ``kid``: base64 as given, else SHA-256 over the certificate DER (DCC rule) or over the
    SPKI DER (our key-id rule, bundles.md §1.2), first 8 bytes;
 5. ``kinds``: absent = any kind; names outside the vocabulary are dropped with a warning.
@@ -37,13 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.utils import CryptographyDeprecationWarning
 
 from edge.credentials.errors import TrustError
 
-__all__ = ["KINDS", "Trust", "TrustEntry", "load_trust"]
+__all__ = ["KINDS", "Trust", "TrustEntry", "load_public_key", "load_trust", "walk_certificate"]
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +199,8 @@ def _parse_entry(index: int, raw: Any) -> tuple[TrustEntry, list[str]]:
     else:
         der = _b64(raw["public_key"], "public_key")
         try:
-            key = serialization.load_der_public_key(der)
-        except (ValueError, TypeError) as exc:
+            key = load_public_key(der)
+        except ValueError as exc:
             raise _Skip(f"public_key is not a DER SubjectPublicKeyInfo: {exc}") from None
     key_type, curve_bytes = _classify_key(key)
 
@@ -239,6 +241,74 @@ def _classify_key(key: Any) -> tuple[str, int]:
     raise _Skip(f"unsupported key type {type(key).__name__}")
 
 
+# Named curves by their explicit parameters (SEC 2 / FIPS 186): prime p, b, order n (a = p - 3).
+_EXPLICIT_CURVES: tuple[tuple[ec.EllipticCurve, int, int, int], ...] = (
+    (ec.SECP256R1(),
+     0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF,
+     0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B,
+     0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551),
+    (ec.SECP384R1(),
+     2**384 - 2**128 - 2**96 + 2**32 - 1,
+     0xB3312FA7E23EE7E4988E056BE3F82D19181D9C6EFE8141120314088F5013875AC656398D8A2ED19D2A85C8EDD3EC2AEF,
+     0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973),
+    (ec.SECP521R1(),
+     2**521 - 1,
+     0x51953EB9618E1C9A1F929A21A0B68540EEA2DA725B99B315F3B8B489918EF109E156193951EC7E937B1652C0BD3BB1BF073573DF883D2C34F1EF451FD46B503F00,
+     0x1FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409),
+)
+OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+OID_PRIME_FIELD = "1.2.840.10045.1.1"
+
+
+def load_public_key(spki_der: bytes) -> Any:
+    """A public key from DER SubjectPublicKeyInfo, also when an EC key spells its curve out.
+
+    Some real DCC signing keys carry explicit EC parameters instead of a named-curve OID,
+    which ``cryptography`` refuses; when the parameters are exactly those of P-256, P-384
+    or P-521, the key is that curve's.
+
+    Raises:
+        ValueError: not a key ``cryptography`` loads, nor an EC key on one of those curves.
+    """
+    try:
+        return serialization.load_der_public_key(spki_der)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        key = _explicit_ec_key(spki_der)
+        if key is None:
+            raise ValueError(str(exc)) from None
+        return key
+
+
+def _explicit_ec_key(der: bytes) -> Any:
+    try:
+        _tag, cs, ce = _tlv(der, 0, len(der))
+        alg, bits = _children(der, cs, ce)
+        alg_parts = _children(der, alg[2], alg[3])
+        if len(alg_parts) != 2 or _oid(der[alg_parts[0][2] : alg_parts[0][3]]) != OID_EC_PUBLIC_KEY:
+            return None
+        if alg_parts[1][0] != 0x30 or bits[0] != 0x03:
+            return None
+        params = _children(der, alg_parts[1][2], alg_parts[1][3])
+        field = _children(der, params[1][2], params[1][3])
+        if _oid(der[field[0][2] : field[0][3]]) != OID_PRIME_FIELD:
+            return None
+        p = int.from_bytes(der[field[1][2] : field[1][3]], "big")
+        curve_parts = _children(der, params[2][2], params[2][3])
+        a = int.from_bytes(der[curve_parts[0][2] : curve_parts[0][3]], "big")
+        b = int.from_bytes(der[curve_parts[1][2] : curve_parts[1][3]], "big")
+        n = int.from_bytes(der[params[4][2] : params[4][3]], "big")
+        point = der[bits[2] + 1 : bits[3]]  # skip the unused-bits byte
+    except (_DerError, IndexError, ValueError):
+        return None
+    for curve, cp, cb, cn in _EXPLICIT_CURVES:
+        if (p, a, b, n) == (cp, cp - 3, cb, cn):
+            try:
+                return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+            except ValueError:
+                return None
+    return None
+
+
 def _epoch(dt: datetime) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
@@ -266,10 +336,10 @@ def _parse_certificate(der: bytes) -> tuple[Any, int, int, tuple[str, ...] | Non
         reason = f"{type(exc).__name__}: {exc}"
     try:
         spki, not_before, not_after, eku = walk_certificate(der)
-        key = serialization.load_der_public_key(spki)
+        walked: Any = load_public_key(spki)
     except (_DerError, ValueError, TypeError) as exc:
         raise _Skip(f"certificate unreadable ({reason}; DER walk: {exc})") from None
-    return key, not_before, not_after, eku, f"certificate read by the DER walk ({reason})"
+    return walked, not_before, not_after, eku, f"certificate read by the DER walk ({reason})"
 
 
 # --- the hand DER walk of §4.4 ------------------------------------------------------------

@@ -50,7 +50,7 @@ def oid(dotted: str) -> bytes:
 
 
 def quirky_certificate(private: Any, *, serial: bytes = b"\x02\x01\xff", explicit_default: bool = True,
-                       eku: tuple[str, ...] = ("1.3.6.1.4.1.1847.2021.1.1",)) -> bytes:
+                       eku: tuple[str, ...] = ("1.3.6.1.4.1.1847.2021.1.1",), spki_der: bytes | None = None) -> bytes:
     """A DSC with a negative serial and a DER-encoded default (cA FALSE) in BasicConstraints,
     as some real DCC signing certificates have."""
     name = seq(tlv(0x31, seq(oid("2.5.4.3"), tlv(0x0C, b"quirky DSC"))))
@@ -62,7 +62,8 @@ def quirky_certificate(private: Any, *, serial: bytes = b"\x02\x01\xff", explici
         exts.append(seq(oid("2.5.29.37"), tlv(0x04, seq(*(oid(o) for o in eku)))))
     tbs = seq(
         tlv(0xA0, b"\x02\x01\x02"), serial, alg, name,
-        seq(tlv(0x17, b"220101000000Z"), tlv(0x18, b"20231231235959Z")), name, spki(private.public_key()),
+        seq(tlv(0x17, b"220101000000Z"), tlv(0x18, b"20231231235959Z")), name,
+        spki_der or spki(private.public_key()),
         tlv(0xA3, seq(*exts)),
     )
     signature = private.sign(tbs, ec.ECDSA(hashes.SHA256()))
@@ -254,3 +255,62 @@ def test_a_p384_rsa_and_ed25519_mix_loads() -> None:
 def test_verify_never_raises_on_an_unusable_trust_dict() -> None:
     result = verify("CK1:00", {"keys": "nonsense"}, AT)  # type: ignore[arg-type]
     assert result.ok is False
+
+
+# --- explicit EC parameters -----------------------------------------------------------------------
+
+
+def _explicit_spki(private: Any, openssl_name: str) -> bytes:
+    """SPKI of ``private``'s public key with the curve spelled out (as ``openssl -param_enc explicit``)."""
+    import shutil
+    import subprocess
+
+    from cryptography.hazmat.primitives import serialization
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not found (it writes the explicit curve parameters)")
+    params = subprocess.run(["openssl", "ecparam", "-name", openssl_name, "-param_enc", "explicit", "-outform", "DER"],
+                            capture_output=True, check=True).stdout
+    point = private.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return seq(seq(oid("1.2.840.10045.2.1"), params), tlv(0x03, b"\x00" + point))
+
+
+@pytest.mark.parametrize(("curve", "name", "size"), [
+    (ec.SECP256R1(), "prime256v1", 32), (ec.SECP384R1(), "secp384r1", 48), (ec.SECP521R1(), "secp521r1", 66)])
+def test_explicit_curve_parameters_are_recognised(curve: Any, name: str, size: int) -> None:
+    from edge.credentials.trust import _explicit_ec_key, load_public_key
+
+    private = ec.generate_private_key(curve)
+    explicit = _explicit_spki(private, name)
+    # cryptography 50 maps these to the named curve itself; older releases refuse them,
+    # and then the package's own matcher does it. Both roads give the same key.
+    assert load_public_key(explicit).public_numbers() == private.public_key().public_numbers()
+    assert _explicit_ec_key(explicit).public_numbers() == private.public_key().public_numbers()
+    assert _explicit_ec_key(spki(private.public_key())) is None  # a named curve is not its business
+    entry = load_trust({"keys": [{"public_key": b64(explicit)}]}).entries[0]
+    assert (entry.key_type, entry.curve_bytes) == ("ec", size)
+    assert entry.kid == hashlib.sha256(explicit).digest()[:8]  # the kid hashes the bytes as given
+
+
+def test_explicit_parameters_in_a_certificate_verify_a_dcc() -> None:
+    from tests.credentials.conftest import make_hc1
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    der = quirky_certificate(private, serial=b"\x02\x01\x07", explicit_default=False,
+                             spki_der=_explicit_spki(private, "prime256v1"))
+    trust = load_trust({"keys": [{"certificate": b64(der)}]})
+    assert len(trust) == 1
+    kid = hashlib.sha256(der).digest()[:8]
+    assert verify(make_hc1(private, kid), trust, AT).ok
+
+
+def test_explicit_parameters_of_another_curve_are_refused() -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    explicit = bytearray(_explicit_spki(private, "prime256v1"))
+    b_at = bytes(explicit).find(bytes.fromhex("5ac635d8aa3a93e7"))
+    explicit[b_at] ^= 1  # a different b: not P-256 any more
+    from edge.credentials.trust import _explicit_ec_key
+
+    assert _explicit_ec_key(bytes(explicit)) is None
+    trust = load_trust({"keys": [{"public_key": b64(bytes(explicit))}]})
+    assert len(trust) == 0 and "skipped" in trust.warnings[0]
