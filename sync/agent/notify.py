@@ -42,15 +42,25 @@ class Notifier:
             return 5.0
         return max(1.0, self.watchdog_s / 2)
 
+    def _send(self, message: str) -> None:
+        # sdnotify encodes latin-1 and drops anything else silently; STATUS lines may be Chinese.
+        sock = self._n.socket
+        if sock is None:
+            return
+        try:
+            sock.sendall(message.encode("utf-8"))
+        except OSError:
+            pass  # no manager listening: notifications are best effort by definition
+
     def ready(self) -> None:
         if not self.readied:
             self.readied = True
-            self._n.notify("READY=1")
+            self._send("READY=1")
 
     def status(self, text: str) -> None:
         if text != self._status:
             self._status = text
-            self._n.notify(f"STATUS={text}")
+            self._send(f"STATUS={text}")
 
     def ping(self) -> None:
         if self.watchdog_s is None:
@@ -58,10 +68,10 @@ class Notifier:
         now = self._mono()
         if now - self._last_ping >= 1.0:
             self._last_ping = now
-            self._n.notify("WATCHDOG=1")
+            self._send("WATCHDOG=1")
 
     def stopping(self) -> None:
-        self._n.notify("STOPPING=1")
+        self._send("STOPPING=1")
 
 
 def _connect(addr: str | None) -> socket.socket | None:

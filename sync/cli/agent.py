@@ -7,6 +7,7 @@ configuration error (systemd does not restart); ``run`` exits 0 on SIGTERM.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import time
@@ -56,6 +57,9 @@ def run(config_path: str | None) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     # Not enrolled yet: stay up and wait, so that enrolling is all an installer has to do.
+    if load_identity(cfg.identity_dir) is None:
+        logging.getLogger("sync.agent").warning(
+            "not enrolled: waiting for identity.json in %s (run 'checkpoint sync enroll')", cfg.identity_dir)
     while load_identity(cfg.identity_dir) is None:
         notifier.ready()
         notifier.status("not enrolled: run 'checkpoint sync enroll' / 未注册")
