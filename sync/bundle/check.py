@@ -9,6 +9,7 @@ reason, so an admin sees exactly what a gate would say before publishing.
 
 from __future__ import annotations
 
+import gzip
 import io
 import re
 import tarfile
@@ -160,14 +161,18 @@ def read_bundle_tar(data: bytes | io.BufferedIOBase) -> tuple[bytes, dict[str, b
     Raises:
         BundleRejected: ``too_large`` or ``malformed`` (with ``doc`` = ``manifest``).
     """
-    fileobj = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    raw = io.BufferedReader(io.BytesIO(data)) if isinstance(data, bytes | bytearray) else io.BufferedReader(data)  # type: ignore[arg-type]
     limit = CAPS["manifest"] + PARTS_TOTAL_CAP + 8 * 1024 * 1024
-    capped = io.BufferedReader(CappedReader(fileobj, limit))  # type: ignore[arg-type]
+    # Decompress here, not in tarfile, so the cap counts decoded bytes (§1.7): a small gzip of
+    # gigabytes of zeros stops at the cap instead of being read to its end.
+    stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if raw.peek(2)[:2] == b"\x1f\x8b" else raw
+    capped = io.BufferedReader(CappedReader(stream, limit))
     manifest: bytes | None = None
     parts: dict[str, bytes] = {}
     max_part = max(PART_CAPS.values())
+    total = 0
     try:
-        with tarfile.open(fileobj=capped, mode="r|*") as tar:
+        with tarfile.open(fileobj=capped, mode="r|") as tar:
             for member in tar:
                 name = member.name[2:] if member.name.startswith("./") else member.name
                 if member.isdir():
@@ -181,9 +186,10 @@ def read_bundle_tar(data: bytes | io.BufferedIOBase) -> tuple[bytes, dict[str, b
                     assert f is not None
                     manifest = f.read()
                 elif mm := _PART_NAME.match(name):
-                    if member.size > max_part:
-                        raise BundleRejected("part_too_large", f"parts/{mm.group(1)[:16]}… is {member.size} bytes",
-                                             doc="manifest")
+                    total += member.size
+                    if member.size > max_part or total > PARTS_TOTAL_CAP:
+                        raise BundleRejected("part_too_large", f"parts/{mm.group(1)[:16]}… is {member.size} bytes "
+                                             f"({total} bytes of parts so far)", doc="manifest")
                     f = tar.extractfile(member)
                     assert f is not None
                     parts[mm.group(1)] = f.read()
@@ -191,7 +197,7 @@ def read_bundle_tar(data: bytes | io.BufferedIOBase) -> tuple[bytes, dict[str, b
         raise
     except ValueError as exc:  # CappedReader: the archive inflates past every cap
         raise BundleRejected("too_large", f"bundle archive: {exc}", doc="manifest") from exc
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
         raise BundleRejected("malformed", f"not a tar archive of a bundle directory: {exc}", doc="manifest") from exc
     if manifest is None:
         raise BundleRejected("malformed", "the archive holds no manifest.json", doc="manifest")

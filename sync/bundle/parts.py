@@ -463,7 +463,7 @@ def _check_built(name: str, file: str, data: bytes) -> None:
     try:
         validate_part(name, data)
     except BundleRejected as exc:
-        raise SourceError(file, exc.detail) from exc
+        raise SourceError(file, exc.detail.removeprefix(f"{name}: ")) from exc
 
 
 _CSV_LIST = ("codes", "zones", "flags")
@@ -610,7 +610,7 @@ def build_parts(
     except BundleRejected as exc:
         name = exc.detail.split(":", 1)[0]
         file = next((f for f, n in SOURCE_FILES.items() if n == name and f in files), f"{name} part")
-        raise SourceError(file, exc.detail) from exc
+        raise SourceError(file, exc.detail.removeprefix(f"{name}: ")) from exc
     return out
 
 
