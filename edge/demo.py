@@ -246,19 +246,26 @@ class DemoWorld:
             (src / name).write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
         return src
 
+    def keys_document(self) -> bytes:
+        """Keys document 1 of the demo fleet, signed by its root key (``admin keys new`` + ``sign``)."""
+        from sync.bundle.publish import add_signatures, keys_body, unsigned_document
+
+        k = self.keys
+        body = keys_body(previous=None, fleet=FLEET, root=[k["root"]], publisher=[k["publisher"]],
+                         server=[k["server"].public_only()], issued_at_ms=self.now_ms - 60_000)
+        data, _ = add_signatures(unsigned_document("keys", body), "keys", [k["root"]])
+        return data
+
     def build_bundle(self, *, version: int = 1, site: str | None = None, expires_in_s: int = 7 * 86_400) -> Path:
         """Keys document 1 and a signed manifest as ``admin keys``/``admin bundle build``/``sign`` write them."""
         from sync.bundle.parts import build_parts_from_dir
-        from sync.bundle.publish import add_signatures, keys_body, manifest_body, part_refs, unsigned_document
+        from sync.bundle.publish import add_signatures, manifest_body, part_refs, unsigned_document
         from sync.keys import atomic_write
 
         out = self.root / f"bundle-{version}"
         (out / "parts").mkdir(parents=True, exist_ok=True)
         k = self.keys
-        body = keys_body(previous=None, fleet=FLEET, root=[k["root"]], publisher=[k["publisher"]],
-                         server=[k["server"]], issued_at_ms=self.now_ms - 60_000)
-        keys_doc, _ = add_signatures(unsigned_document("keys", body), "keys", [k["root"]])
-        atomic_write(out / "keys-1.json", keys_doc)
+        atomic_write(out / "keys-1.json", self.keys_document())
         parts = build_parts_from_dir(self.sources())
         body = manifest_body(fleet=FLEET, site=site, version=version, keys_version=1, parts=parts,
                              issued_at_ms=self.now_ms - 30_000, server_time_ms=self.now_ms - 30_000,
@@ -306,13 +313,18 @@ class DemoWorld:
                                       "batch": "B-0517", "quantity": "40 箱"}, key="venue")
 
     def codes(self) -> list[DemoCode]:
-        """The demo's scenes, in the order the director plays them."""
+        """The demo's scenes, in the order the director plays them: one of each outcome early."""
+        people = {p.key: DemoCode(p.key, "person", self.health_code(p), p.what_zh, p.what_en, p.expect, p.object_c,
+                                  p.fever) for p in self.people}
+        extra = {
+            "badge": DemoCode("badge", "person", self.badge_text, "员工工牌（名单码）", "staff badge (roster)", "admit",
+                              34.1),
+            "garbage": DemoCode("garbage", "person", "HELLO-CHECKPOINT-DEMO", "无法识别的码", "unknown code", "refer"),
+        }
+        order = ["green-staff", "garbage", "red-contact", "fever", "yellow-staff", "expired-test", "visitor", "badge"]
         out = [DemoCode("venue", "person", self.venue_code(), "场所码（设置模式）", "venue code (set-up mode)", None)]
-        for p in self.people:
-            out.append(DemoCode(p.key, "person", self.health_code(p), p.what_zh, p.what_en, p.expect,
-                                p.object_c, p.fever))
-        out.append(DemoCode("badge", "person", self.badge_text, "员工工牌（名单码）", "staff badge (roster)", "admit", 34.1))
-        out.append(DemoCode("garbage", "person", "HELLO-CHECKPOINT-DEMO", "无法识别的码", "unknown code", "refer"))
+        out += [people[k] if k in people else extra[k] for k in order if k in people or k in extra]
+        out += [c for k, c in people.items() if k not in order]
         out.append(DemoCode("truck-pass", "green_lane", self.pass_code(), "货车通行证", "truck pass", None))
         out.append(DemoCode("driver", "green_lane", self.health_code(DRIVER), DRIVER.what_zh, DRIVER.what_en, "admit"))
         out.append(DemoCode("material", "green_lane", self.material_code(), "货物追溯码", "goods code", None))
@@ -349,11 +361,12 @@ def write_image(folder: Path, name: str, image: Any) -> Path:
 
 
 def gate_config(data_dir: Path, device_id: str, lane: str, camera_dir: Path, listen: str, *,
-                thermometer: bool, hold_s: float) -> Any:
+                thermometer: bool, hold_s: float, server_url: str | None = None) -> Any:
     from edge.config import GateConfig
 
     return GateConfig.model_validate({
         "gate": {"device_id": device_id, "data_dir": str(data_dir), "lane": lane},
+        "sync": {"server_url": server_url, "poll_bundle_s": 10.0, "heartbeat_s": 10.0},
         "camera": {"source": "folder", "path": str(camera_dir), "fps": 15, "image_hold_s": hold_s,
                    "no_frames_after_s": 5.0},
         "decode": {"hold_s": 2.0},
@@ -362,6 +375,111 @@ def gate_config(data_dir: Path, device_id: str, lane: str, camera_dir: Path, lis
         "console": {"listen": listen, "allow_plain_http": True},
         "log": {"level": "WARNING"},
     })
+
+
+# -- the upstream server and the sync agents ------------------------------------------------------
+
+
+class Upstream:
+    """The demo's upstream server in this process (uvicorn thread, SQLite in the demo directory).
+
+    Holds the demo fleet's keys document, publishes the demo sources as bundle 1 (server flow,
+    signed with the demo publisher key), and enrols each gate; each gate then runs a sync agent
+    that fetches the bundle and uploads the event log.
+    """
+
+    def __init__(self, world: DemoWorld, base: Path, *, port: int = 0) -> None:
+        import httpx
+        import uvicorn
+
+        from sync.server import create_app, open_state
+        from sync.server.auth import create_token
+        from sync.server.config import ServerConfig
+        from sync.timefmt import utc_now_ms
+
+        self.config = ServerConfig(data_dir=base / "server", listen=f"127.0.0.1:{port}", cookie_secure=False,
+                                   log_level="ERROR", site_tz="Asia/Shanghai")
+        self.state = open_state(self.config, server_key=world.keys["server"],
+                                publisher_keys=[world.keys["publisher"]])
+        self._server = uvicorn.Server(uvicorn.Config(create_app(self.state), host="127.0.0.1", port=port,
+                                                     log_level="error", access_log=False, lifespan="on"))
+        self._thread = threading.Thread(target=self._server.run, name="demo:server", daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise click.ClickException("the demo server did not start")
+            self._thread.join(0.01)
+        self.url = f"http://127.0.0.1:{self._server.servers[0].sockets[0].getsockname()[1]}"
+        with self.state.db.write() as conn:
+            token, _ = create_token(conn, role="admin", name="demo", now_ms=utc_now_ms(), expires_days=1)
+        self.http = httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {token}"})
+        self.agents: list[tuple[Any, threading.Thread]] = []
+        self.stop = threading.Event()
+
+    def _ok(self, r: Any, what: str) -> Any:
+        if r.status_code >= 300:
+            raise click.ClickException(f"demo server refused {what}: {r.status_code} {r.text[:300]}")
+        return r.json() if r.content else None
+
+    def publish(self, world: DemoWorld) -> None:
+        self._ok(self.http.post("/v1/admin/keys", content=world.keys_document(),
+                                headers={"Content-Type": "application/json"}), "the keys document")
+        src = world.sources()
+        files = [("files", (p.name, p.read_bytes())) for p in sorted(src.iterdir()) if p.suffix == ".json"]
+        self._ok(self.http.post("/v1/admin/sources", data={"site": "", "note": "demo rules"}, files=files),
+                 "the demo sources")
+        self._ok(self.http.post("/v1/admin/sites", json={"site_id": "demo-site", "name": "演示工厂 Demo plant",
+                                                        "tz": "Asia/Shanghai"}), "the site")
+
+    def enroll(self, cfg: Any, venue: dict[str, Any]) -> None:
+        from sync.agent.enroll import enroll
+
+        body = {"device_id": cfg.gate.device_id, "site_id": "demo-site", "venue": venue, "firm_id": HOST_FIRM,
+                "label": f"demo {cfg.gate.lane}"}
+        code = self._ok(self.http.post("/v1/admin/devices", json=body), "a device")["enrollment_code"]
+        enroll(cfg, server_url=self.url, code=code)
+
+    def start_agent(self, cfg: Any) -> None:
+        from sync.agent.core import Agent
+        from sync.agent.notify import Notifier
+
+        agent = Agent(cfg, notifier=Notifier(env={}), bundle_update="auto")
+        thread = threading.Thread(target=agent.run, args=(self.stop,), name=f"demo:agent:{cfg.gate.device_id}",
+                                  daemon=True)
+        thread.start()
+        self.agents.append((agent, thread))
+
+    def stored(self) -> dict[str, int]:
+        """Events the server holds per gate (what an auditor's trace would find)."""
+        from sqlalchemy import text
+
+        with self.state.db.reader.connect() as conn:
+            rows = conn.execute(text("SELECT device_id, count(*) FROM events GROUP BY device_id")).all()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def close(self) -> None:
+        self.stop.set()
+        for agent, thread in self.agents:
+            thread.join(15)
+            with contextlib.suppress(Exception):
+                agent.close()
+        self.http.close()
+        self._server.should_exit = True
+        self._thread.join(10)
+        with contextlib.suppress(Exception):
+            self.state.db.dispose()
+
+
+def wait_for_bundle(data_dir: Path, timeout_s: float, stop: threading.Event) -> bool:
+    from edge.store.state import StateDB
+
+    end = time.monotonic() + timeout_s
+    with StateDB(data_dir, readonly=True) as state:
+        while time.monotonic() < end and not stop.is_set():
+            if state.read_row("bundle") is not None:
+                return True
+            stop.wait(0.1)
+    return False
 
 
 # -- the director ---------------------------------------------------------------------------------
@@ -416,7 +534,7 @@ def _play(gate: _Gate, codes: list[DemoCode], sim: Any, stop: threading.Event, e
             setup()
         if sim is not None and c.object_c is not None:
             sim.present(c.object_c, 25.0)
-            if stop.wait(0.8):
+            if stop.wait(0.6):
                 return
         mark = gate.mark()
         name = f"{i:04d}-{c.key}.png"
@@ -458,16 +576,21 @@ def _play(gate: _Gate, codes: list[DemoCode], sim: Any, stop: threading.Event, e
 @click.option("--hold", "hold_s", type=click.FloatRange(0.2, 5), default=0.6, show_default=True,
               help="Seconds each picture stays in front of the camera.")
 @click.option("--once", is_flag=True, help="Play the scenes once (default: again and again until stopped).")
-def demo(duration: float | None, data_dir: Path | None, port: int, hold_s: float, once: bool) -> None:
-    """Run two gates (person lane, truck green lane) on simulated hardware and print each decision.
+@click.option("--offline", is_flag=True,
+              help="No upstream server and sync agents: the bundle is imported as 'gate import' does.")
+@click.option("--server-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port of the local upstream server (0 = any free port).")
+def demo(duration: float | None, data_dir: Path | None, port: int, hold_s: float, once: bool, offline: bool,
+         server_port: int) -> None:
+    """Run two gates (person lane, truck green lane), a local upstream server and sync agents,
+    on simulated hardware, and print each decision.
 
     Everything is local: keys, a signed bundle of the default rules and demo codes
-    are made at start; pictures go through the real camera-folder → decode path,
-    the thermometer simulator runs on a pseudo-terminal, pins are mock pins.
+    are made at start; the server publishes the bundle and the agents fetch it and
+    upload the gates' events; pictures go through the real camera-folder → decode
+    path, the thermometer simulator runs on a pseudo-terminal, pins are mock pins.
     """
     started = time.monotonic()
-    from edge.app import GateApp
-    from edge.gate import make_pin_factory
     from sync.logformat import setup_logging
 
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
@@ -479,6 +602,7 @@ def demo(duration: float | None, data_dir: Path | None, port: int, hold_s: float
     base.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     gates: list[_Gate] = []
+    upstream: Upstream | None = None
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -488,17 +612,72 @@ def demo(duration: float | None, data_dir: Path | None, port: int, hold_s: float
         signal.signal(s, on_signal)
     try:
         world = DemoWorld(base / "world")
-        bundle_dir = world.build_bundle()
+        # The server starts (and publishes) in a thread while this one imports the gate and
+        # mints the codes: most of either is imports and I/O, so they overlap.
+        up_box: dict[str, Any] = {}
+
+        def start_upstream() -> None:
+            try:
+                up = Upstream(world, base, port=server_port)
+                up_box["up"] = up
+                up.publish(world)
+            except BaseException as exc:
+                up_box["error"] = exc
+
+        up_thread = threading.Thread(target=start_upstream, name="demo:server-start", daemon=True)
+        if not offline:
+            up_thread.start()
+        from edge.app import GateApp
+        from edge.gate import make_pin_factory
+
         codes = world.codes()
-        lanes = [("person", "gate-demo-person", port), ("green_lane", "gate-demo-truck", port + 1 if port else 0)]
-        for lane, device_id, lport in lanes:
+        bundle_dir = None
+        if not offline:
+            up_thread.join(60)
+            upstream = up_box.get("up")
+            if "error" in up_box:
+                raise up_box["error"]
+            if upstream is None:
+                raise click.ClickException("the demo server did not start")
+        else:
+            bundle_dir = world.build_bundle()
+        lanes = [("person", "gate-demo-person", port, "south-1"),
+                 ("green_lane", "gate-demo-truck", port + 1 if port else 0, "truck-1")]
+        cfgs = {}
+        for lane, device_id, lport, _door in lanes:
             ddir = base / device_id
             cam = ddir / "camera"
             cam.mkdir(parents=True, exist_ok=True)
             write_image(cam, "0000-blank.png", blank_image())
-            install_bundle(bundle_dir, ddir, device_id)
-            cfg = gate_config(ddir, device_id, lane, cam, f"127.0.0.1:{lport}", thermometer=lane == "person",
-                              hold_s=hold_s)
+            cfgs[device_id] = gate_config(ddir, device_id, lane, cam, f"127.0.0.1:{lport}",
+                                          thermometer=lane == "person", hold_s=hold_s,
+                                          server_url=upstream.url if upstream else None)
+        if upstream is not None:
+            # enrol both gates at once (each is a key, a signed request and the keys anchor)
+            errors: list[BaseException] = []
+
+            def enroll(cfg: Any, door: str) -> None:
+                try:
+                    upstream.enroll(cfg, {"venue_id": "V0012-01", "zone": "production", "door": door})  # type: ignore[union-attr]
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=enroll, args=(cfgs[d], door), daemon=True) for _, d, _, door in lanes]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            if errors:
+                raise errors[0]
+            for cfg in cfgs.values():
+                upstream.start_agent(cfg)
+        for lane, device_id, _lport, _door in lanes:
+            ddir = base / device_id
+            cam = ddir / "camera"
+            cfg = cfgs[device_id]
+            if upstream is None:
+                assert bundle_dir is not None
+                install_bundle(bundle_dir, ddir, device_id)
             prefix = "人行 person " if lane == "person" else "货车 truck  "
 
             def printer(view: dict[str, Any], line: str, prefix: str = prefix) -> None:
@@ -515,15 +694,23 @@ def demo(duration: float | None, data_dir: Path | None, port: int, hold_s: float
             gate.thread = threading.Thread(target=lambda g=gate: setattr(g, "exit_code", g.app.run()),
                                            name=f"demo:{device_id}", daemon=True)
             gates.append(gate)
+        if upstream is not None:
+            # the agents' first poll brings the bundle; deciding before it would refer everyone
+            for g in gates:
+                if not wait_for_bundle(Path(g.app.cfg.data_dir), 30, stop):
+                    raise click.ClickException("the sync agent did not fetch the demo bundle")
         for g in gates:
             g.thread.start()  # type: ignore[union-attr]
         for g in gates:
             if not g.app.ready.wait(30):
                 raise click.ClickException(f"{g.name} gate did not start")
-        click.echo("checkpoint demo: two gates on simulated hardware (mock pins, thermometer on a pty)")
+        click.echo("checkpoint demo: two gates on simulated hardware (mock pins, thermometer on a pty)"
+                   + ("" if upstream is None else ", a local upstream server and two sync agents"))
         for g in gates:
             assert g.app.console is not None
             click.echo(f"  console {g.name:10} {g.app.console.url}")
+        if upstream is not None:
+            click.echo(f"  upstream server     {upstream.url}/")
         click.echo(f"  guard account guard-1 PIN {world.guard_pin}; admin account admin PIN {world.admin_pin}")
         click.echo(f"  data in {base}" + (" (removed at exit)" if own_tmp else ""))
         click.echo(f"  ready in {time.monotonic() - started:.1f} s")
@@ -563,6 +750,11 @@ def demo(duration: float | None, data_dir: Path | None, port: int, hold_s: float
                 break
             stop.wait(0.2)
         stop.set()
+        if upstream is not None:
+            stored = upstream.stored()
+            total = sum(stored.values())
+            click.echo(f"upstream: {total} events stored "
+                       + ", ".join(f"{d} {n}" for d, n in sorted(stored.items())) + " (uploaded by the sync agents)")
     finally:
         stop.set()
         for g in gates:
@@ -570,6 +762,8 @@ def demo(duration: float | None, data_dir: Path | None, port: int, hold_s: float
         for g in gates:
             if g.thread is not None and g.thread.is_alive():
                 g.thread.join(15)
+        if upstream is not None:
+            upstream.close()
         for s, h in previous.items():
             signal.signal(s, h)
         if own_tmp:
