@@ -43,7 +43,9 @@ _LIST = "list"
 _ANY = "any"
 _SETTINGS = "settings"
 
-_PASS_FIELDS = ("revocation_hash", "pass_id", "plate", "firm", "origin", "destination", "route", "sub", "iss", "nbf", "exp")
+# Every dict built here lists its keys in sorted order, so that the engine can serialise
+# the data object for its digest without re-sorting (engine._digest_of_built_data).
+_PASS_FIELDS = ("destination", "exp", "firm", "iss", "nbf", "origin", "pass_id", "plate", "revocation_hash", "route", "sub")
 DATA_SCHEMA: dict[str, Any] = {
     "payload": {
         **{k: _LEAF for k in ("kind", "source", "revocation_hash", "iss", "iat", "exp", "subject", "firm", "role", "colour", "last_test")},
@@ -165,36 +167,36 @@ def payload_from_claims(kind: str, claims: Mapping[str, Any]) -> dict[str, Any]:
     """``payload`` for a verified CK1 ``health`` or HC1 ``dcc`` credential (rules.md §2.2.1)."""
     if kind == "dcc":
         return {
-            "kind": "dcc",
-            "source": "HC1",
-            "revocation_hash": claims.get("revocation_hash"),
-            "iss": claims.get("iss"),
-            "iat": claims.get("iat"),
-            "exp": claims.get("exp"),
-            "subject": None,
-            "firm": None,
-            "role": None,
             "colour": None,
+            "dcc": claims.get("dcc"),
+            "exp": claims.get("exp"),
+            "firm": None,
             "flags": [],
+            "iat": claims.get("iat"),
+            "iss": claims.get("iss"),
+            "kind": "dcc",
             "last_test": dcc_last_test(claims.get("dcc")),
             "pass": None,
-            "dcc": claims.get("dcc"),
+            "revocation_hash": claims.get("revocation_hash"),
+            "role": None,
+            "source": "HC1",
+            "subject": None,
         }
     return {
-        "kind": "health",
-        "source": "CK1",
-        "revocation_hash": claims.get("revocation_hash"),
-        "iss": claims.get("iss"),
-        "iat": claims.get("iat"),
-        "exp": claims.get("exp"),
-        "subject": claims.get("sub"),
-        "firm": claims.get("firm"),
-        "role": claims.get("role"),
         "colour": claims.get("colour"),
+        "dcc": None,
+        "exp": claims.get("exp"),
+        "firm": claims.get("firm"),
         "flags": _flags(claims.get("flags")),
+        "iat": claims.get("iat"),
+        "iss": claims.get("iss"),
+        "kind": "health",
         "last_test": claims.get("last_test"),
         "pass": None,
-        "dcc": None,
+        "revocation_hash": claims.get("revocation_hash"),
+        "role": claims.get("role"),
+        "source": "CK1",
+        "subject": claims.get("sub"),
     }
 
 
@@ -209,20 +211,20 @@ def payload_from_pair(pass_claims: Mapping[str, Any], driver_claims: Mapping[str
 def payload_from_roster(entry: Mapping[str, Any]) -> dict[str, Any]:
     """``payload`` of kind ``roster``: an opaque code found in the roster (§2.2.1)."""
     return {
-        "kind": "roster",
-        "source": "roster",
-        "revocation_hash": None,
-        "iss": None,
-        "iat": None,
-        "exp": None,
-        "subject": entry.get("sub"),
-        "firm": entry.get("firm"),
-        "role": entry.get("role"),
         "colour": entry.get("colour"),
+        "dcc": None,
+        "exp": None,
+        "firm": entry.get("firm"),
         "flags": _flags(entry.get("flags")),
+        "iat": None,
+        "iss": None,
+        "kind": "roster",
         "last_test": entry.get("last_test"),
         "pass": None,
-        "dcc": None,
+        "revocation_hash": None,
+        "role": entry.get("role"),
+        "source": "roster",
+        "subject": entry.get("sub"),
     }
 
 
@@ -252,22 +254,22 @@ def external_person(entry: Mapping[str, Any], team_row: Mapping[str, Any] | None
     role = entry.get("role")
     shift = None
     if team_row is not None:
-        shift = {"start_min": team_row.get("start_min"), "end_min": team_row.get("end_min")}
+        shift = {"end_min": team_row.get("end_min"), "start_min": team_row.get("start_min")}
     return {
-        "subject": entry.get("sub"),
-        "firm": entry.get("firm"),
-        "role": role,
-        "team": entry.get("team"),
-        "zones": entry.get("zones"),
-        "shift": shift,
         "closed_loop": entry.get("closed_loop") is True or role == "closed_loop",
         "colour": entry.get("colour"),
+        "firm": entry.get("firm"),
         "flags": _flags(entry.get("flags")),
         "last_test": entry.get("last_test"),
+        "role": role,
+        "shift": shift,
+        "subject": entry.get("sub"),
+        "team": entry.get("team"),
+        "zones": entry.get("zones"),
     }
 
 
-_FIRM_FIELDS = ("id", "name", "whitelisted", "meltdown", "meltdown_at", "closed_loop")
+_FIRM_FIELDS = ("closed_loop", "id", "meltdown", "meltdown_at", "name", "whitelisted")
 
 
 def external_firm(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -295,12 +297,12 @@ def external_preregistration(visitors: list[Mapping[str, Any]], now_ms: int) -> 
     if best is None:
         return None
     return {
+        "host_firm": best.get("host_firm"),
         "ref": best.get("ref"),
         "subject": best.get("sub"),
-        "host_firm": best.get("host_firm"),
-        "zones": best.get("zones"),
         "valid_from": best.get("valid_from"),
         "valid_until": best.get("valid_until"),
+        "zones": best.get("zones"),
     }
 
 
@@ -375,9 +377,9 @@ def compute_derived(
             local_minute = local.hour * 60 + local.minute
 
     return {
-        "role": role,
         "last_test": last_test,
+        "local_minute": local_minute,
+        "role": role,
         "test_age_h": test_age_h,
         "test_window_h": window,
-        "local_minute": local_minute,
     }

@@ -533,6 +533,12 @@ _RULE_ERROR = ("规则执行错误，请人工核验（{}）", "Rule error: chec
 
 def judge(rules: Sequence[Rule], data: Any) -> Judgement:
     """Run every rule of ``rules`` on ``data`` with strict paths and combine (§3.2, §3.4, §3.5)."""
+    return Judgement(*_judge(rules, data))
+
+
+def _judge(
+    rules: Sequence[Rule], data: Any
+) -> tuple[str, tuple[Failure, ...], tuple[str, ...], tuple[Reason, ...], str, bool, int]:
     failed: list[tuple[Rule, Failure]] = []
     for rule in rules:
         try:
@@ -577,14 +583,16 @@ def judge(rules: Sequence[Rule], data: Any) -> Judgement:
         if rule.override != "guard":
             overridable = False
             lockout = LOCKOUT_S
-    return Judgement(
-        outcome=outcome,
-        failures=tuple(f for _, f in failed),
-        reason_ids=tuple(reason_ids),
-        reasons=tuple(reasons),
-        alert=ALERTS[alert_rank],
-        overridable=overridable and outcome != "ADMIT",
-        lockout_s=lockout,
+    if not failed:
+        return "ADMIT", (), (), (), "none", False, 0
+    return (
+        outcome,
+        tuple(f for _, f in failed),
+        tuple(reason_ids),
+        tuple(reasons),
+        ALERTS[alert_rank],
+        overridable and outcome != "ADMIT",
+        lockout,
     )
 
 
@@ -597,6 +605,7 @@ def _json_default(value: Any) -> Any:
 
 # sync.md §1.3 serialisation without its value profile (rules.md §3.5); an encoder is immutable
 _DIGEST_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=_json_default)
+_PLAIN_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=False, separators=(",", ":"), default=_json_default)
 
 
 def inputs_digest(data: Mapping[str, Any]) -> str:
@@ -787,11 +796,9 @@ def _decide(inputs: DecisionInputs) -> Decision:
         return _stage0(inputs, "pre-no-rule", kind=kind)
 
     data = _build_data(inputs, bundle, payload, roster_entry)
-    j = judge(rules, data)
+    outcome, failures, reason_ids, reasons, alert, overridable, lockout_s = _judge(rules, data)
     external = data["external"]
-    outcome, stage = j.outcome, 1
-    failures, reason_ids, reasons = j.failures, j.reason_ids, j.reasons
-    overridable = j.overridable
+    stage = 1
     if inputs.freshness == "expired" and outcome == "ADMIT" and not (kind == "health" and external["person"] is not None):
         outcome, stage = "REFER", 2
         failures = (Failure("pre-bundle-expired", "", "refer"),)
@@ -804,14 +811,14 @@ def _decide(inputs: DecisionInputs) -> Decision:
         failures=failures,
         reason_ids=reason_ids,
         reasons=reasons,
-        alert=j.alert if stage == 1 else "none",
+        alert=alert if stage == 1 else "none",
         overridable=overridable,
-        inputs_digest=inputs_digest(data),
+        inputs_digest=_digest_of_built_data(data),
         rules_digest=bundle.rules_digest,
         settings_digest=bundle.settings_digest,
         kind=kind,
         facts=_facts(data, bundle),
-        lockout_s=j.lockout_s if stage == 1 else 0,
+        lockout_s=lockout_s if stage == 1 else 0,
     )
 
 
@@ -897,33 +904,62 @@ def _build_data(inputs: DecisionInputs, bundle: BundleView, payload: dict[str, A
         max_age_ms = policy.get("temperature_max_age_s", 20) * 1000
         if now_ms - t.measured_at <= max_age_ms:  # too old: as if there were none (§2.2.2)
             temperature = {
+                "attempt": t.attempt,
                 "body_centi_c": t.body_centi_c,
                 "measured_at": datamodel.DateTime(t.measured_at).isoformat(),
-                "attempt": t.attempt,
             }
 
-    mode = bundle.mode.get("mode", "normal")
+    # keys in sorted order throughout (see _digest_of_built_data)
     external: dict[str, Any] = {
-        "now": datamodel.DateTime(now_ms).isoformat(),
         "clock": {"state": inputs.clock_state, "trusted": inputs.clock_state == "synced"},
-        "mode": mode,
+        "derived": None,
+        "firm": firm,
         "gate": {
             "device_id": g.device_id,
+            "door": g.door,
+            "firm_id": g.firm_id,
+            "lane": inputs.lane,
+            "tz": g.tz,
             "venue_id": g.venue_id,
             "zone": g.zone,
-            "door": g.door,
-            "lane": inputs.lane,
-            "firm_id": g.firm_id,
-            "tz": g.tz,
         },
+        "mode": bundle.mode.get("mode", "normal"),
+        "now": datamodel.DateTime(now_ms).isoformat(),
         "person": person,
-        "firm": firm,
         "preregistration": prereg,
-        "temperature": temperature,
         "settings": policy,
+        "temperature": temperature,
     }
     external["derived"] = datamodel.compute_derived(payload, external, now_ms=now_ms, tzinfo=g.tzinfo)
-    return {"payload": payload, "external": external}
+    return {"external": external, "payload": payload}
+
+
+def _digest_of_built_data(data: dict[str, Any]) -> str:
+    """``inputs_digest`` of a data object built by ``_build_data``, without re-sorting keys.
+
+    Every dict of such an object is built in sorted key order, so the plain encoder writes
+    exactly the sorted serialisation of rules.md §3.5; ``payload.dcc`` (the DCC as signed)
+    is foreign, so a DCC goes through the sorting encoder. Tests hold the two equal.
+    """
+    payload = data["payload"]
+    if payload["dcc"] is not None:
+        return inputs_digest(data)
+    e = data["external"]
+    doc = {
+        "external": {
+            "clock": e["clock"],
+            "derived": e["derived"],
+            "firm": e["firm"],
+            "gate": e["gate"],
+            "mode": e["mode"],
+            "now": e["now"],
+            "person": e["person"],
+            "preregistration": e["preregistration"],
+            "temperature": e["temperature"],
+        },
+        "payload": payload,
+    }
+    return hashlib.sha256(_PLAIN_ENCODER.encode(doc).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _facts(data: Mapping[str, Any], bundle: BundleView) -> Facts:

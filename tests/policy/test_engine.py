@@ -606,3 +606,39 @@ def test_inputs_are_a_frozen_dataclass(world: World):
     assert isinstance(inputs, DecisionInputs)
     with pytest.raises(AttributeError):
         inputs.lane = "green_lane"  # type: ignore[misc]
+
+
+def _walk_dicts(value: Any, path: str = "") -> list[tuple[str, list[str]]]:
+    out: list[tuple[str, list[str]]] = []
+    if isinstance(value, dict):
+        out.append((path, list(value)))
+        for k, v in value.items():
+            if path + "." + k not in (".external.settings", ".payload.dcc"):
+                out += _walk_dicts(v, path + "." + k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _walk_dicts(v, f"{path}.{i}")
+    return out
+
+
+def test_built_data_is_key_sorted_and_the_fast_digest_equals_the_spec_digest(world: World):
+    from edge.policy.engine import _digest_of_built_data, evaluation_data
+
+    driver = world.health(DRIVER_SUB, firm="F0077", role="logistics", last_test="2022-05-09T02:00:00.000Z")
+    scans = [
+        world.inputs(credential=world.health()),
+        world.inputs(credential=world.health(VISITOR_SUB, role="visitor", firm=None)),
+        world.inputs(credential=world.health(NIGHT_SUB), temperature=None),
+        world.inputs(credential=world.health(LOOP_SUB, role="closed_loop"), temperature=Temperature(3800, NOW, 2)),
+        world.inputs(opaque=True, opaque_code_hash=code_hash("EMP-004211", ROSTER_KEY)),
+        world.inputs(lane="green_lane", gate=world.green_gate(), credential=world.pass_(), partner=driver),
+        world.inputs(credential=fake_verification("dcc", dcc_claims())),
+    ]
+    for inputs in scans:
+        data = evaluation_data(inputs)
+        assert data is not None
+        for path, keys in _walk_dicts(data):
+            assert keys == sorted(keys), path
+        assert _digest_of_built_data(data) == inputs_digest(data)
+        assert decide(inputs).inputs_digest == inputs_digest(data)
+    assert evaluation_data(world.inputs(bundle=None, credential=world.health())) is None
