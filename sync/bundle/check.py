@@ -79,7 +79,8 @@ def verify_bundle(
     """D, S, M4–M11 over one bundle.
 
     Args:
-        read_part: ``(sha256, max_bytes) -> bytes``; raise ``FileNotFoundError`` for a part that is absent.
+        read_part: ``(sha256, max_bytes) -> bytes``; raise ``FileNotFoundError`` or ``KeyError`` for a part
+            that is absent.
         keys: the keys document the gates hold (trusted).
         site: the gate's site; ``ANY_SITE`` accepts the manifest's own.
         previous: the manifest in force at the gates (M6, M7), if any.
@@ -104,7 +105,7 @@ def verify_bundle(
         for ref in check_part_listing(m):  # M10
             try:
                 raw = read_part(ref.sha256, ref.length + 1)
-            except FileNotFoundError as exc:
+            except (FileNotFoundError, LookupError) as exc:
                 raise BundleRejected("fetch_failed", f"part {ref.name} ({ref.sha256[:16]}…) is not in the bundle",
                                      doc="manifest") from exc
             check_part_bytes(ref, raw)
