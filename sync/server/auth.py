@@ -205,9 +205,11 @@ def verify_device_request(st: ServerState, request: Request, device_id: str, raw
 
 def claim_nonce(conn: Connection, st: ServerState, device_id: str, nonce: str, now_ms: int) -> None:
     """§2.4 step 5: insert the nonce in the request's transaction; a duplicate is a replay."""
-    res = conn.execute(insert_ignore(conn, t.request_nonces).values(
-        device_id=device_id, nonce=nonce, expires_ms=now_ms + st.config.nonce_ttl_s * 1000))
-    if res.rowcount == 0:
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT DO NOTHING.
+    inserted = conn.execute(insert_ignore(conn, t.request_nonces).values(
+        device_id=device_id, nonce=nonce, expires_ms=now_ms + st.config.nonce_ttl_s * 1000,
+    ).returning(t.request_nonces.c.nonce)).first()
+    if inserted is None:
         # Expired nonces may still be in the table until the cleanup; those are no replay.
         row = conn.execute(select(t.request_nonces.c.expires_ms).where(
             t.request_nonces.c.device_id == device_id, t.request_nonces.c.nonce == nonce)).first()
