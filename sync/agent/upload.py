@@ -366,7 +366,9 @@ class Uploader:
         if seq > head or (local is not None and local != h):
             self._enter("conflict", f"{source}: server ack {seq} {'beyond head ' + str(head) if seq > head else 'hash differs'}")
             return "conflict"
-        if seq == ob.acked_seq and ob.state == "ok":
+        if seq == ob.acked_seq and (ob.state == "ok" or source != "upload"):
+            # Only an upload's own 200 clears backoff or blocked; an ack that merely repeats
+            # the cursor (heartbeat, state) says nothing about the refused batch.
             return "same"
         crashpoint("agent.after_response_before_ack")
         try:

@@ -200,3 +200,21 @@ def test_reply_json_with_time_for_error_bodies():
     with pytest.raises(SeqGap) as info:
         c.signed("POST", "/v1/devices/gate-x-01/events", json_body=b"{}")
     assert info.value.reply.body["expected_seq"] == 3 and info.value.code == "seq_gap"
+
+
+def test_ca_file_that_cannot_be_loaded_is_a_config_error(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="ca_file"):
+        DeviceClient("https://ck.example.org", device_id="gate-x-01", device_key=None, ca_file=bad)
+    with pytest.raises(ConfigError):
+        DeviceClient("https://ck.example.org", device_id="gate-x-01", device_key=None, ca_file=tmp_path / "none")
+
+
+def test_public_surface_of_the_agent_package():
+    import sync.agent as pkg
+
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is not None
+    with pytest.raises(AttributeError):
+        pkg.nothing_here  # noqa: B018

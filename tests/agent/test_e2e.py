@@ -285,6 +285,7 @@ def test_event_that_does_not_hash_is_isolated_blocked_and_reported(e2e: E2E):
     assert "bad_batch" in (agent.outbox.state().last_error or "")
     agent.heartbeat()
     assert e2e.device().hb_upload_state == "blocked"
+    assert agent.outbox.state().state == "blocked"   # the heartbeat's ack does not clear it
 
 
 def test_clock_skew_is_corrected_from_the_signed_time(e2e: E2E):
