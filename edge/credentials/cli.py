@@ -29,7 +29,6 @@ from typing import Any
 
 import click
 
-from edge.cli.common import config_option
 from edge.credentials.errors import ClaimsError, TrustError
 from edge.credentials.masking import mask_name
 from edge.credentials.trust import Trust, load_trust
@@ -146,7 +145,8 @@ def _show(index: int, total: int, result: Verification) -> None:
               help="Read the codes from an image file instead of TEXT.")
 @click.option("--skew", "skew_s", type=click.IntRange(0, 3600), default=300, show_default=True,
               help="Clock skew tolerance in seconds for exp/nbf/iat.")
-@config_option
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="CHECKPOINT_CONFIG", default=None,
+              help="gate.toml whose bundle in force gives the default trust (default: $CHECKPOINT_CONFIG).")
 @click.pass_context
 def verify_command(
     ctx: click.Context,
