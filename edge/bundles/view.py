@@ -243,12 +243,25 @@ class BundleHolder:
             except Exception as exc:  # any failure to open or load is "corrupt": restricted mode, never a crash
                 self._view = None
                 self.open_error = str(exc)[:200]
-                log.error("bundle file cannot be opened version=%d error=%s", pointer.version, self.open_error)
+                log.error("bundle alert corrupt: bundle file cannot be opened version=%d error=%s", pointer.version,
+                          self.open_error)
+                if not pointer.corrupt:
+                    self._mark_corrupt(pointer)
         self._pointer = pointer
         self._gen = gen
         # The old view is not closed here: a decision may still be using it. Closing it is the
         # garbage collector's job once nothing refers to it (the file was opened immutable, and its
         # unlinked inode stays readable until then).
+
+    def _mark_corrupt(self, pointer: Pointer) -> None:
+        # §3.6: the agent's next poll then re-fetches and re-applies the same manifest id. Only
+        # this pointer (compare-and-set on its id): a switch in between is left alone.
+        try:
+            with self.state.transaction() as conn:
+                conn.execute("UPDATE bundle SET corrupt = 1, generation = generation + 1 "
+                             "WHERE id = 1 AND manifest_id = ? AND corrupt = 0", (pointer.manifest_id,))
+        except sqlite3.Error as exc:
+            log.error("cannot mark the bundle corrupt: %s", exc)
 
     def close(self) -> None:
         with self._lock:

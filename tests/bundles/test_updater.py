@@ -425,6 +425,12 @@ def test_gate_process_opens_a_damaged_bundle_file_as_no_view(gate: Gate, fleet: 
     view2, p2 = holder2.current()
     assert view2 is None and holder2.open_error and p2.version == 1
     assert freshness(p2, gate.clock.read(), unreadable=True).state == "expired"
+    view2, p2 = holder2.current()
+    assert p2.corrupt, "the gate process marks the pointer corrupt so that the agent re-applies it"
+    res, _ = poll(gate, fleet, T0 + 1000)
+    assert res.status == "applied" and not gate.pointer().corrupt
+    view3, p3 = holder2.current()
+    assert view3 is not None and p3.bundle_file == "1-k1.db"
 
 
 # -- size caps through compression -------------------------------------------------------------------
