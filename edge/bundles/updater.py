@@ -270,7 +270,7 @@ class BundleUpdater:
         seen = memory.get(key)
         b = reading.boottime_ms
         fresh_seen = isinstance(seen, dict) and seen.get("boot") == self.clock.boot
-        if d == "current" and fresh_seen and b - int(seen.get("b", 0)) >= REJECT_MEMORY_MS:
+        if d == "current" and isinstance(seen, dict) and fresh_seen and b - int(seen.get("b", 0)) >= REJECT_MEMORY_MS:
             fresh_seen = False
         if exc.reason in ALERT_REASONS and not fresh_seen:
             log.error("bundle alert reason=%s %s sha256=%s", exc.reason, detail, sha[:16])
@@ -780,7 +780,9 @@ class BundleUpdater:
         """
         r = self.clock.read()
         with self._lock, self.files.locked(wait_s=wait_s) as got:
-            removed, gone, written = 0, (), []
+            removed: int = 0
+            gone: tuple[str, ...] = ()
+            written: list[str] = []
             p = self.pointer()
             if got:
                 removed = self.files.clear_tmp()

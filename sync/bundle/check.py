@@ -162,7 +162,7 @@ def read_bundle_tar(data: bytes | io.BufferedIOBase) -> tuple[bytes, dict[str, b
     Raises:
         BundleRejected: ``too_large`` or ``malformed`` (with ``doc`` = ``manifest``).
     """
-    raw = io.BufferedReader(io.BytesIO(data)) if isinstance(data, bytes | bytearray) else io.BufferedReader(data)  # type: ignore[arg-type]
+    raw = io.BufferedReader(io.BytesIO(data) if isinstance(data, bytes | bytearray) else data)
     limit = CAPS["manifest"] + PARTS_TOTAL_CAP + 8 * 1024 * 1024
     # Decompress here, not in tarfile, so the cap counts decoded bytes (§1.7): a small gzip of
     # gigabytes of zeros stops at the cap instead of being read to its end.

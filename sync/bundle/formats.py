@@ -22,6 +22,7 @@ str for int) and returned as frozen dataclasses with times as epoch ms.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -187,7 +188,7 @@ def document_id(signed: Any) -> str:
     return hashlib.sha256(canonical(signed)).hexdigest()
 
 
-def envelope_bytes(signed: Any, signatures: list[dict[str, str]] | tuple[SignatureEntry, ...]) -> bytes:
+def envelope_bytes(signed: Any, signatures: Sequence[dict[str, str] | SignatureEntry]) -> bytes:
     """The canonical file bytes of an envelope; signatures sorted by keyid (§1.1)."""
     sigs = [{"keyid": s.keyid, "sig": s.sig} if isinstance(s, SignatureEntry) else dict(s) for s in signatures]
     sigs.sort(key=lambda s: s["keyid"])
@@ -568,6 +569,5 @@ def peek_signed(data: bytes) -> dict[str, Any] | None:
         value = loads_strict(data)
     except (CanonicalError, FormatError):
         return None
-    if isinstance(value, dict) and isinstance(value.get("signed"), dict):
-        return value["signed"]
-    return None
+    signed = value.get("signed") if isinstance(value, dict) else None
+    return signed if isinstance(signed, dict) else None

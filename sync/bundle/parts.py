@@ -539,8 +539,8 @@ def parse_roster_csv(
             adapter.validate_python(rec)
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
-            col = str(err["loc"][0]) if err["loc"] else None
-            raise SourceError(file, err["msg"], line=line, column=col) from exc
+            where = str(err["loc"][0]) if err["loc"] else None
+            raise SourceError(file, err["msg"], line=line, column=where) from exc
         if rec["sub"] in seen_sub:
             raise SourceError(file, f"same sub as line {seen_sub[rec['sub']]}", line=line, column="sub")
         seen_sub[rec["sub"]] = line

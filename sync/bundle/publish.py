@@ -22,6 +22,7 @@ from sync.bundle.formats import (
     Manifest,
     PartRef,
     SignatureEntry,
+    SignedDocument,
     envelope_bytes,
     load_signed,
     parse_current,
@@ -55,7 +56,7 @@ DEFAULT_MAX_MANIFEST_VALIDITY_S = 1_209_600
 _ROLE_OF_TYPE = {"keys": "root", "manifest": "publisher", "current": "server"}
 
 
-def _parse(doc_type: DocType, data: bytes) -> Any:
+def _parse(doc_type: DocType, data: bytes | SignedDocument) -> Any:
     if doc_type == "keys":
         return parse_keys(data)
     if doc_type == "manifest":

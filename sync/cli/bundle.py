@@ -61,7 +61,7 @@ def parse_duration_s(text: str) -> int:
     return int(m.group(1)) * _UNIT_S[m.group(2)]
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]
     name = "DURATION"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
@@ -70,7 +70,7 @@ class Duration(click.ParamType):
         return parse_duration_s(str(value))
 
 
-class TimeArg(click.ParamType):
+class TimeArg(click.ParamType):  # type: ignore[type-arg]
     name = "TIME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
