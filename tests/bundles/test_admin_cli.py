@@ -265,3 +265,29 @@ def _now_ms() -> int:
     from sync.timefmt import utc_now_ms
 
     return utc_now_ms()
+
+
+@pytest.mark.parametrize(("manifest", "reason"), [
+    (b"\x00garbage\xff", "malformed"),
+    (b'{"signatures":[],"signed":{"type":"manifest"', "malformed"),
+    (b" " * 70_000, "too_large"),
+])
+def test_gate_import_and_init_with_garbage_truncated_and_oversize_input(tmp_path: Path, manifest: bytes,
+                                                                       reason: str) -> None:
+    from tests.bundles.helpers import Fleet
+
+    fleet = Fleet(site="plant-1")
+    (tmp_path / "keys-1.json").write_bytes(fleet.keys_docs[1])
+    (tmp_path / "gate.toml").write_text(f'[gate]\ndevice_id = "gate-x-01"\ndata_dir = "{tmp_path / "gate"}"\n'
+                                        'site_id = "plant-1"\n')
+    for bad in (manifest, b""):
+        (tmp_path / "bad-keys.json").write_bytes(bad)
+        proc = run("gate", "init", "--config", "gate.toml", "--keys", "bad-keys.json", cwd=tmp_path, ok=False)
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    run("gate", "init", "--config", "gate.toml", "--keys", "keys-1.json", cwd=tmp_path)
+    d = tmp_path / "b"
+    (d / "keys").mkdir(parents=True)
+    (d / "manifest.json").write_bytes(manifest)
+    (d / "keys" / "2.json").write_bytes(manifest)
+    res = json.loads(run("gate", "import", "--config", "gate.toml", "--json", "b", cwd=tmp_path, ok=False).stdout)
+    assert (res["status"], res["reason"], res["version"], res["keys_version"]) == ("rejected", reason, 0, 1)
