@@ -83,6 +83,7 @@ FLUSH_HELD_S = 10.0             # sync.md §1.8 step 5: retry every 10 s
 DELIVERY_WINDOW_S = 7200.0      # material scans belong to the last truck admitted within 2 h
 MEASURE_PROMPT_AFTER_S = 0.25   # show "please measure" only when the wait is real
 COMMAND_TIMEOUT_S = 15.0
+GATE_STATUS_EVERY_S = 10.0      # sync/agent/gate_status.py: at least every 10 s
 RUN_MARKER = "edge.running"
 STOP_REASON_FILE = "stop-reason"
 _LAST_BOOT_KEY = "edge.last_boot"
@@ -291,6 +292,7 @@ class GateApp:
         on_decision: called after each decision with ``(view, line)`` (the demo prints the line).
         on_note: called with one line for other facts worth a line (bindings, overrides, alerts,
             material scans).
+        pin_gate: the console's rate limit and lockout state (tests inject a clock).
         ntp: NTP probe for the trusted clock (tests).
         env: environment (systemd notification variables, the test fault hook).
         create_data_dir: the demo creates its data directory; ``gate run`` never does.
@@ -310,6 +312,7 @@ class GateApp:
         console: bool | None = None,
         thermometer_options: Mapping[str, Any] | None = None,
         on_note: Callable[[str], None] | None = None,
+        pin_gate: Any = None,
     ) -> None:
         self.cfg = cfg
         self.env = dict(os.environ if env is None else env)
@@ -320,6 +323,7 @@ class GateApp:
         self._thermometer_options = dict(thermometer_options or {})
         self._on_decision = on_decision
         self._on_note = on_note
+        self._pin_gate = pin_gate
         self._ntp = ntp
         self._create = create_data_dir
         self._want_console = cfg.console.enabled if console is None else console
@@ -341,6 +345,13 @@ class GateApp:
         self._fault_reported = False
         self._next_housekeeping = 0.0
         self._next_flush = 0.0
+        self._gs_key: tuple[Any, ...] | None = None
+        self._gs_next = 0.0
+        self._today: Any = None
+        self._today_count = 0
+        self._today_counted = 0
+        self._decision_count = 0
+        self._started_boottime: int | None = None
         self._started_mono = time.monotonic()
         self.first_decision_s: float | None = None
         self.decisions: collections.deque[DecisionRecord] = collections.deque(maxlen=100_000)
@@ -412,6 +423,9 @@ class GateApp:
 
     def start(self) -> None:
         cfg = self.cfg
+        from edge.clock import boottime_ms
+
+        self._started_boottime = boottime_ms()
         # 1. pins first, at their safe level (§3.3 step 3)
         factory = self._pin_factory or make_pin_factory(cfg.gpio.pin_factory)
         self._pin_factory = factory
@@ -465,12 +479,12 @@ class GateApp:
         ).start()
         self._measure_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="thermometer:measure")
         # 3. console, then ready; camera and thermometer may be absent and are not waited for
-        self._update_status(reading)
         # Started, never waited for: both may be absent and the gate then refers (§4.1).
         self._start_thermometer()
         self._start_camera()
+        self._publish_gate_status(self._update_status(reading), reading)
         if self._want_console:
-            self.console = ConsoleServer(cfg.console, self)
+            self.console = ConsoleServer(cfg.console, self, pin_gate=self._pin_gate)
             self.console.start()
         self.turnstile.ready()
         self.ready.set()
@@ -876,6 +890,7 @@ class GateApp:
                      dict(payload.get("venue") or {}), view)
         with self._lock:
             self._recent.append(rec)
+            self._decision_count += 1
         self.broadcaster.publish("decision", view, id=seq)
         line = _decision_line(view)
         log.info("decision seq=%s outcome=%s reasons=%s", seq, payload["outcome"], ",".join(payload["reasons"]))
@@ -1064,6 +1079,8 @@ class GateApp:
         self._setup = (time.monotonic() + SETUP_S, account)
         log.info("set-up mode on account=%s for_s=%d", account.id, SETUP_S)
         self._prompt("setup", "设置模式：请扫描场所码", "Set-up: scan the venue code", SETUP_S)
+        assert self.clock is not None
+        self._update_status(self.clock.read())          # the status bar counts down from now
         return SETUP_S
 
     # -- set-up mode and venue binding ---------------------------------------------------------------
@@ -1085,6 +1102,7 @@ class GateApp:
         assert self._setup is not None and self.state is not None
         _, account = self._setup
         self._setup = None
+        self._update_status(reading)                    # set-up mode is over, whatever the scan was
         v = code.verification
         bundle = self._bundle()
         why: tuple[str, str] | None = None
@@ -1109,11 +1127,11 @@ class GateApp:
         if appended is not None:
             self.state.update_row("binding", lambda old: {"event_seq": appended.seq})
         self.binding = row
+        self._update_status(reading)
         log.info("venue bound venue=%s zone=%s by=%s", row["venue_id"], row["zone"], account.id)
         place = f"{row['venue_id']} {row['zone']}" + (f" {row['door']}" if row["door"] else "")
         self._prompt("setup", f"已绑定：{place}", f"Bound to {place}", 8)
         self._note(f"#{appended.seq if appended else None} 场所已绑定 / venue bound: {place} ({account.id})")
-        self._update_status(reading)
 
     # -- material scans ------------------------------------------------------------------------------
 
@@ -1166,6 +1184,57 @@ class GateApp:
         self.notifier.status(
             f"camera={st['camera']['state']} thermometer={st['thermometer']['state']} "
             f"bundle={st['bundle']['state']} clock={st['clock']['state']} backlog={st['upload']['backlog']}")
+        self._publish_gate_status(st, reading)
+
+    def _publish_gate_status(self, st: Mapping[str, Any], reading: Any) -> None:
+        """The agent's heartbeat source (sync/agent/gate_status.py): at start, every 10 s, at once on change."""
+        from edge.clock import boottime_ms
+        from sync.agent.gate_status import CameraStatus, GateStatus, ThermometerStatus, write_gate_status
+
+        assert self.state is not None
+        key = (st["camera"]["state"], st["thermometer"]["state"], st["storage"]["level"], st["mode"]["mode"])
+        now = time.monotonic()
+        if key == self._gs_key and now < self._gs_next:
+            return
+        self._gs_key, self._gs_next = key, now + GATE_STATUS_EVERY_S
+        therm = self.thermometer_obj.status() if self.thermometer_obj is not None else None
+        cam = self.camera_obj.status() if self.camera_obj is not None else None
+        try:
+            write_gate_status(self.state, GateStatus(
+                pid=os.getpid(), boot=reading.boot, boottime_ms=boottime_ms(),
+                started_boottime_ms=self._started_boottime, software=__version__,
+                thermometer=ThermometerStatus(
+                    status=st["thermometer"]["state"], protocol=self.cfg.thermometer.protocol,
+                    last_reading_age_s=getattr(therm, "last_reading_age_s", None),
+                    last_error=(therm.last_error or None)[:200] if therm is not None and therm.last_error else None),
+                camera=CameraStatus(status=st["camera"]["state"], fps=getattr(cam, "fps", None)),
+                storage_level=st["storage"]["level"], held_events=st["storage"]["held"],
+                decisions_today=self._decisions_today(reading), mode=st["mode"]["mode"],
+            ))
+        except Exception:
+            log.exception("cannot publish the gate status for the agent")
+
+    def _decisions_today(self, reading: Any) -> int:
+        """Decisions since local midnight in the site's time zone (heartbeat ``decisions_today``)."""
+        from zoneinfo import ZoneInfo
+
+        local = datetime.fromtimestamp(reading.now_ms / 1000, tz=ZoneInfo(self.cfg.gate.tz))
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        day = midnight.date()
+        if self._today != day:
+            from edge.store.schema import connect
+            from sync.timefmt import format_ms
+
+            since = format_ms(int(midnight.timestamp() * 1000))
+            conn = connect(Path(self.cfg.data_dir) / "events.db", "reader")
+            try:
+                row = conn.execute("SELECT count(*) FROM events WHERE kind = 'decision' AND wall >= ?",
+                                   (since,)).fetchone()
+            finally:
+                conn.close()
+            self._today, self._today_count = day, int(row[0])
+            self._today_counted = self._decision_count
+        return self._today_count + (self._decision_count - self._today_counted)
 
     def _refresh_bundle(self, reading: Any) -> None:
         _bundle, pointer = self._holder.current()

@@ -26,12 +26,33 @@ def bundle_dir(world: DemoWorld) -> Path:
     return world.build_bundle()
 
 
+@pytest.fixture(scope="session")
+def installed(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """A data directory with the bundle applied, per device id, made once and copied per test."""
+    from edge.demo import install_bundle
+
+    made: dict[str, Path] = {}
+
+    def get(device_id: str) -> Path:
+        if device_id not in made:
+            d = tmp_path_factory.mktemp(f"installed-{device_id}")
+            install_bundle(bundle_dir, d, device_id)
+            made[device_id] = d
+        return made[device_id]
+
+    return get
+
+
 @pytest.fixture
-def make_gate(world: DemoWorld, bundle_dir: Path, tmp_path: Path, mock_pins: Any) -> Iterator[Callable[..., Harness]]:
+def make_gate(world: DemoWorld, installed: Callable[[str], Path], tmp_path: Path,
+              mock_pins: Any) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
     def make(*, bundle: bool = True, start: bool = True, name: str = "gate", **kw: Any) -> Harness:
-        h = Harness(world, bundle_dir if bundle else None, tmp_path / name, mock_pins, **kw)
+        template = None
+        if bundle:
+            template = installed("gate-test-01" if kw.get("lane", "person") == "person" else "gate-test-truck")
+        h = Harness(world, template, tmp_path / name, mock_pins, **kw)
         made.append(h)
         return h.start() if start else h
 

@@ -4,6 +4,7 @@ pictures pushed through the camera's PushSource, the thermometer simulator on a 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 from edge.app import GateApp
 from edge.camera import Camera, PushSource
 from edge.config import GateConfig
-from edge.demo import DemoWorld, install_bundle, qr_image
+from edge.demo import DemoWorld, qr_image
 from edge.store.schema import connect
 from sync.identity import Identity, Venue, write_identity
 
@@ -36,8 +37,12 @@ def gate_config(data_dir: Path, *, lane: str = "person", thermometer: bool = Fal
 
 
 class Harness:
-    def __init__(self, world: DemoWorld, bundle_dir: Path | None, data_dir: Path, pins: Any, *,
-                 env: dict[str, str] | None = None, enrolled: bool = False, **cfg_kw: Any) -> None:
+    def __init__(self, world: DemoWorld, template: Path | None, data_dir: Path, pins: Any, *,
+                 env: dict[str, str] | None = None, enrolled: bool = False, pin_gate: Any = None,
+                 **cfg_kw: Any) -> None:
+        """``template``: a data directory with the bundle installed (copied, so each gate starts fresh)."""
+        if template is not None:
+            shutil.copytree(template, data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.cfg = gate_config(data_dir, **cfg_kw)
         if enrolled:
@@ -45,8 +50,6 @@ class Harness:
                 device_id=self.cfg.gate.device_id, server_url="https://checkpoint.invalid", server_key="11" * 32,
                 keyid="22" * 8, pid_key=PID_KEY.hex(), pid_kid=1, site_id="site-test",
                 venue=Venue(venue_id="V0012-01", zone="production", door="south-1"), firm_id="F0012"))
-        if bundle_dir is not None:
-            install_bundle(bundle_dir, data_dir, self.cfg.gate.device_id)
         self.world = world
         self.pins = pins
         self.push = PushSource(fps=30, size=(640, 480))
@@ -56,7 +59,7 @@ class Harness:
         self.app = GateApp(
             self.cfg, pin_factory=pins, camera=Camera(self.push, no_frames_after_s=2.0),
             on_decision=lambda view, line: self.lines.append(line), create_data_dir=False,
-            thermometer_options={"sim": {"people": None}}, env=env if env is not None else {},
+            thermometer_options={"sim": {"people": None}}, env=env if env is not None else {}, pin_gate=pin_gate,
         )
         self.app.broadcaster.add_listener(self._on)
         self.exit_code: int | None = None

@@ -356,3 +356,17 @@ def test_gate_app_is_a_console_backend(make_gate):
     assert set(st) >= {"gate", "mode", "bundle", "clock", "camera", "thermometer", "storage", "upload", "setup"}
     assert json.dumps(st)
     assert isinstance(g.app, GateApp)
+
+
+def test_gate_status_for_the_agent(make_gate, world):
+    from edge.clock import boot_id, boottime_ms
+    from sync.agent.gate_status import read_gate_status
+
+    g = make_gate(thermometer=True)
+    read = read_gate_status(g.app.state, boot=boot_id(), boottime_ms=boottime_ms())
+    assert read.running and read.status.camera.status in ("ok", "no_frames")
+    assert read.status.thermometer.status in ("ok", "stale") and read.status.decisions_today == 0
+    g.decide("HELLO-STATUS-1")
+    g.app._gs_next = 0
+    wait_until(lambda: read_gate_status(g.app.state, boot=boot_id(), boottime_ms=boottime_ms())
+               .status.decisions_today == 1)
