@@ -470,6 +470,21 @@ class Upstream:
             self.state.db.dispose()
 
 
+def _free_or_any(port: int) -> int:
+    """``port`` if it can be bound on loopback now, else 0 (any free port) with a note."""
+    import socket
+
+    if port == 0:
+        return 0
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            click.echo(f"port {port} is in use: the console takes another free port", err=True)
+            return 0
+    return port
+
+
 def wait_for_bundle(data_dir: Path, timeout_s: float, stop: threading.Event) -> bool:
     from edge.store.state import StateDB
 
@@ -641,8 +656,9 @@ def demo(duration: float | None, data_dir: Path | None, port: int, hold_s: float
                 raise click.ClickException("the demo server did not start")
         else:
             bundle_dir = world.build_bundle()
-        lanes = [("person", "gate-demo-person", port, "south-1"),
-                 ("green_lane", "gate-demo-truck", port + 1 if port else 0, "truck-1")]
+        ports = [_free_or_any(port), _free_or_any(port + 1 if port else 0)]
+        lanes = [("person", "gate-demo-person", ports[0], "south-1"),
+                 ("green_lane", "gate-demo-truck", ports[1], "truck-1")]
         cfgs = {}
         for lane, device_id, lport, _door in lanes:
             ddir = base / device_id
