@@ -142,6 +142,11 @@ IF = [
     ({"if": [{"var": "x"}, 1, 2]}, {"x": 37.5}, ERR),
     ({"if": [True, 1, 2, 3]}, {}, ERR),
     ({"if": []}, {}, ERR),
+    ({"if": [{"var": ""}, "T", "F"]}, True, "T"),
+    ({"if": [{"var": ""}, "T", "F"]}, ["foo"], "T"),
+    ({"if": [{"var": ""}, "T", "F"]}, {}, "F"),
+    ({"if": [{"var": ""}, "T", "F"]}, None, "F"),
+    ({"if": [{"var": ""}, "T", "F"]}, False, "F"),
 ]
 
 
@@ -492,6 +497,11 @@ DOB = [
     (MINOR, {"dob": "2004", "now": "2022-12-30T13:37:00.042Z"}, True),
     (MINOR, {"dob": "2004", "now": "2022-12-31T00:00:00.000Z"}, False),
     ({"!": [{"dccDateOfBirth": ["1990"]}]}, {}, ERR),
+    # leap days: born in February 2004 (latest: the 29th); 18 years back from 28 Feb 2022 is 28 Feb 2004
+    (MINOR, {"dob": "2004-02", "now": "2022-02-28T13:37:00.042Z"}, True),
+    (MINOR, {"dob": "2004-02", "now": "2022-03-01T13:37:00.042Z"}, False),
+    (MINOR, {"dob": "2004-02-29", "now": "2022-02-28T23:59:59.999Z"}, True),
+    (MINOR, {"dob": "2004-02-29", "now": "2022-03-01T00:00:00.000Z"}, False),
 ]
 
 
