@@ -22,13 +22,10 @@ cookie.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import ipaddress
 import logging
 import re
-import secrets
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +38,7 @@ from sync.server import tables as t
 from sync.server.db import insert_ignore
 from sync.server.errors import ApiError
 from sync.server.state import ServerState
+from sync.server.tokens import TOKEN_RE, create_token, hash_token
 from sync.signing import request_text
 
 __all__ = [
@@ -60,8 +58,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 COOKIE = "ck_session"
-ROLES = ("admin", "auditor")
-TOKEN_RE = re.compile(r"^ck_[A-Za-z0-9_-]{43}$")
 _NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
 _SIG_RE = re.compile(r"^[0-9a-f]{128}$")
 _TIME_RE = re.compile(r"^[0-9]{1,12}$")
@@ -231,21 +227,6 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def create_token(conn: Connection, *, role: str, name: str, now_ms: int, expires_days: int | None) -> tuple[str, int]:
-    """Make a token; returns ``(token, id)``. The token itself is never stored."""
-    if role not in ROLES:
-        raise ApiError(422, "invalid_request", f"role must be one of {', '.join(ROLES)}")
-    token = "ck_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
-    expires = now_ms + expires_days * 86_400_000 if expires_days else None
-    res = conn.execute(t.api_tokens.insert().values(
-        name=name, role=role, token_hash=hash_token(token), prefix=token[:8], created_ms=now_ms, expires_ms=expires))
-    return token, int(res.inserted_primary_key[0])
 
 
 def principal_from_token(st: ServerState, token: str | None) -> Principal | None:

@@ -18,6 +18,7 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -112,6 +113,10 @@ def run(config: Path | None, database: str | None, listen: str | None, workers: 
         app = create_app(state)
         srv = uvicorn.Server(uvicorn.Config(app, **uv))  # type: ignore[arg-type]
         app.state.started = lambda: srv.started
+        # uvicorn re-raises the stop signal after its graceful shutdown; with a handler of ours in place
+        # that re-raise is a no-op and a SIGTERM stop exits 0 (hardware.md §4.4: 0 = normal stop).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         srv.run()
         return
     state.db.dispose()
@@ -180,7 +185,7 @@ def token() -> None:
 @click.option("--expires-days", type=click.IntRange(1, 3650), default=None, help="Lifetime (default: no expiry).")
 def token_create(config: Path | None, database: str | None, role: str, name: str, expires_days: int | None) -> None:
     """Create a token and print it once (only its hash is stored)."""
-    from sync.server.auth import create_token
+    from sync.server.tokens import create_token
     from sync.timefmt import utc_now_ms
 
     if not 1 <= len(name) <= 64:

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 
 from sync.server import tables as t
-from sync.server.errors import DatabaseError
+from sync.server.errors import DatabaseError, StartupRefused
 
 __all__ = ["Database", "insert_ignore"]
 
@@ -134,14 +134,14 @@ class Database:
         """Refuse PostgreSQL with ``synchronous_commit = off`` (an ack could be lost, §5.1).
 
         Raises:
-            DatabaseError: the setting is off and not explicitly allowed.
+            StartupRefused: the setting is off and not explicitly allowed (a configuration error, exit 78).
         """
         if self.is_sqlite:
             return
         with self.engine.connect() as conn:
             value = conn.execute(text("SHOW synchronous_commit")).scalar()
         if str(value).lower() == "off" and not allow_async_commit:
-            raise DatabaseError(
+            raise StartupRefused(
                 "PostgreSQL synchronous_commit is off: a crash could lose acknowledged events "
                 "(set it to on, or allow_async_commit = true if you accept that)"
             )

@@ -11,19 +11,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["notify", "watchdog_interval_s", "watchdog_task"]
 
 log = logging.getLogger(__name__)
 
 
+_lock = threading.Lock()
+_notifier: Any = None
+
+
 def notify(message: str) -> None:
+    """Send one message; never blocks (a manager that stops reading must not freeze the event loop)."""
+    global _notifier
     if not os.environ.get("NOTIFY_SOCKET"):
         return
     import sdnotify
 
-    sdnotify.SystemdNotifier().notify(message)
+    with _lock:
+        if _notifier is None:
+            _notifier = sdnotify.SystemdNotifier()
+            if _notifier.socket is not None:
+                _notifier.socket.setblocking(False)  # a full queue drops the ping instead of waiting
+        _notifier.notify(message)
 
 
 def watchdog_interval_s() -> float | None:

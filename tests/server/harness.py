@@ -26,8 +26,8 @@ from sync.canonical import canonical
 from sync.events import build_event, genesis
 from sync.keys import KeyFile, generate_key, verify_ed25519
 from sync.server import create_app, open_state
-from sync.server.auth import create_token
 from sync.server.config import RateLimitConfig, ServerConfig
+from sync.server.tokens import create_token
 from sync.signing import ack_text, enroll_text, head_text, new_nonce, request_text, time_text
 from sync.timefmt import format_ms, parse_ms
 
