@@ -194,6 +194,8 @@ class Code:
     verification: Any         # edge.credentials.Verification or None (opaque)
     opaque: bool
     code_hash: str | None = None
+    bundle: Any = None        # the bundle in force at the scan: one bundle for the whole decision (M14)
+    freshness: str = "none"
 
     @property
     def kind(self) -> str | None:
@@ -643,14 +645,15 @@ class GateApp:
 
         assert self.clock is not None
         reading = self.clock.read()
-        bundle = self._bundle()
+        bundle = self._refresh_bundle(reading)
         trust = bundle.trust if bundle is not None else Trust.empty()
         at = datetime.fromtimestamp(reading.now_ms / 1000, tz=UTC)
         klass = classify(scan.text)
         verification = None
         if klass in ("CK1", "HC1"):
             verification = verify(scan.text, trust, at, skew=timedelta(seconds=self.cfg.credentials.clock_skew_s))
-        code = Code(scan, verification, opaque=verification is None)
+        code = Code(scan, verification, opaque=verification is None, bundle=bundle,
+                    freshness=self._fresh.state if self._fresh is not None and bundle is not None else "none")
         if self._setup is not None:
             self._setup_scan(code, reading)
             return
@@ -681,8 +684,7 @@ class GateApp:
         from edge.policy.engine import DecisionInputs, GateBinding, Temperature
 
         b = self.binding or {}
-        bundle = self._bundle()
-        fresh = self._fresh.state if self._fresh is not None else "none"
+        bundle = code.bundle
         t = None
         if temp is not None and temp.body_centi_c is not None and temp.measured_at_ms is not None:
             t = Temperature(temp.body_centi_c, temp.measured_at_ms, temp.attempt)
@@ -690,7 +692,7 @@ class GateApp:
             now_ms=reading.now_ms, lane=self.cfg.gate.lane,
             gate=GateBinding(self.device_id, b.get("venue_id") or "", b.get("zone") or "", b.get("door"),
                              b.get("firm_id"), self.cfg.gate.tz),
-            bundle=bundle, freshness=fresh if bundle is not None else "none", clock_state=reading.state,
+            bundle=bundle, freshness=code.freshness if bundle is not None else "none", clock_state=reading.state,
             credential=code.verification, partner=partner.verification if partner else None,
             opaque=code.opaque, opaque_code_hash=code.code_hash, temperature=t,
             thermometer_status=temp.status if temp is not None else self._thermometer_state(),
@@ -857,7 +859,8 @@ class GateApp:
         lockout = float(getattr(decision, "lockout_s", 0) or 0)
         self._record(seq, payload, reading.at(), reasons, decision.overridable, unverified, lockout)   # 3. console
         # alerts after the decision they belong to (sync.md §1.5, rules.md §3.5)
-        for kind, alert in ev.alert_events(decision, payload, decision_seq=seq, policy=self._policy()):
+        policy = inputs.bundle.policy if inputs.bundle is not None else {}
+        for kind, alert in ev.alert_events(decision, payload, decision_seq=seq, policy=policy):
             a = self._append(kind, alert, reading.at())
             self._note(f"#{a.seq if a else None} {kind} ({alert.get('cause') or ','.join(alert.get('flags') or [])}) "
                        f"for #{seq}")
@@ -1236,10 +1239,12 @@ class GateApp:
             self._today_counted = self._decision_count
         return self._today_count + (self._decision_count - self._today_counted)
 
-    def _refresh_bundle(self, reading: Any) -> None:
-        _bundle, pointer = self._holder.current()
-        unreadable = pointer is not None and _bundle is None
+    def _refresh_bundle(self, reading: Any) -> Any:
+        """The bundle in force and its freshness now (bundles.md §4.1); a change writes ``bundle_state``."""
+        bundle, pointer = self._holder.current()
+        unreadable = pointer is not None and bundle is None
         self._fresh = self._fresh_monitor.check(pointer, reading, unreadable=unreadable)
+        return bundle
 
     def _thermometer_alert(self, reading: Any) -> None:
         """hardware.md §1.7: one ``temp_alert`` (sensor_fault) per outage of ``fault_alert_after_s``."""
