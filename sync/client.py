@@ -248,6 +248,8 @@ class DeviceClient:
         ca_file: CA bundle for the server certificate (default: the system store).
         allow_plain_http: allow ``http://`` to a non-loopback host.
         mono: monotonic clock (seconds) for round trips and the total deadline.
+        on_request: called before every request (the agent's main loop feeds the systemd
+            watchdog there, so several calls in one loop turn cannot starve it).
 
     Raises (constructor):
         ConfigError: a server URL that §2.6 forbids, or an unreadable CA file.
@@ -269,6 +271,7 @@ class DeviceClient:
         allow_plain_http: bool = False,
         mono: Callable[[], float] = time.monotonic,
         user_agent: str = "checkpoint-agent",
+        on_request: Callable[[], None] | None = None,
     ) -> None:
         self.base_url = check_server_url(server_url, allow_plain_http=allow_plain_http)
         self.device_id = device_id
@@ -278,6 +281,7 @@ class DeviceClient:
         self._on_time = on_time
         self._mono = mono
         self.request_timeout_s = request_timeout_s
+        self._on_request = on_request
         verify: ssl.SSLContext | bool = True
         if self.base_url.startswith("http://"):
             verify = False  # no TLS on this URL: skip loading the CA store (a quarter second on a Pi)
@@ -404,6 +408,8 @@ class DeviceClient:
         truncate: bool,
         deadline_s: float | None = None,
     ) -> Reply:
+        if self._on_request is not None:
+            self._on_request()
         url = self.base_url + path
         start = self._mono()
         deadline = start + (deadline_s if deadline_s is not None else self.request_timeout_s)

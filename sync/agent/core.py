@@ -196,7 +196,7 @@ class Agent:
             self.bundle_updater: Any = None
             update = default_bundle_update(self) if bundle_update == "auto" else bundle_update
             if callable(update):
-                bundle_client = self._client(transport)
+                bundle_client = self._client(transport, main_loop=False)
                 self._closers.append(bundle_client.close)
                 self.poller = BundlePoller(update=update, fetcher=HttpFetcher(bundle_client),
                                            interval_s=cfg.sync.poll_bundle_s, mono=mono)
@@ -218,13 +218,15 @@ class Agent:
 
     # -- set-up ----------------------------------------------------------------------------------
 
-    def _client(self, transport: httpx.BaseTransport | None) -> DeviceClient:
+    def _client(self, transport: httpx.BaseTransport | None, *, main_loop: bool = True) -> DeviceClient:
         s = self.cfg.sync
         return DeviceClient(
             self.server_url, device_id=self.device_id, device_key=self.key, server_keys=self.server_keys,
             server_time_s=self.server_clock.now_s, on_time=self.server_clock.accept, transport=transport,
             connect_timeout_s=s.connect_timeout_s, request_timeout_s=self._request_budget_s(),
             ca_file=s.ca_file, allow_plain_http=s.allow_plain_http, user_agent=f"checkpoint-agent/{self.device_id}",
+            # watchdog pings come from the main loop only (hardware.md §4.4), never the poller thread
+            on_request=self.notifier.ping if main_loop else None,
         )
 
     def _request_budget_s(self) -> float:

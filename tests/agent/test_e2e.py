@@ -160,7 +160,7 @@ def test_gap_gives_409_and_the_agent_recovers(e2e: E2E):
 
 
 def test_lost_replies_become_duplicates_never_lost_or_doubled(e2e: E2E):
-    fill(e2e.store, e2e.clock, 2100)
+    fill(e2e.store, e2e.clock, 1600)
     inner = httpx.HTTPTransport()
 
     class LoseReplies(httpx.BaseTransport):
@@ -309,7 +309,7 @@ def test_clock_skew_is_corrected_from_the_signed_time(e2e: E2E):
 
 
 def test_flash_copy_arrives_ahead_of_the_backlog(e2e: E2E):
-    fill(e2e.store, e2e.clock, 1500)
+    fill(e2e.store, e2e.clock, 1200)
     agent = e2e.agent()
     agent.start()
     agent.tick()

@@ -24,7 +24,7 @@ def _writer(gate):
 
 def test_flash_arrives_ahead_of_a_backlog(gate, make_agent):
     state, store, clock = _writer(gate)
-    fill(store, clock, 3000)
+    fill(store, clock, 1200)
     server = gate.fake_server()
     agent = make_agent(server.transport())
     agent.start()

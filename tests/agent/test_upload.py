@@ -58,10 +58,11 @@ def test_drain_to_head_and_chain_verifies(gate, make_agent):
 
 def test_lost_replies_become_duplicates_never_double_stored(gate, make_agent):
     state, store, clock = _writer(gate)
-    fill(store, clock, 2600)
+    fill(store, clock, 1600)
     server = gate.fake_server()
     lossy = LoseReplies(server.transport(), every=2)
     agent = make_agent(lossy)
+    agent.uploader.backoff.base_s = 0.01  # the rhythm itself is tested in test_timing.py
     assert agent.run_until(agent.drained, timeout_s=120)
     assert lossy.lost >= 2
     assert server.duplicates > 0          # the re-sent batches were recognised
@@ -344,6 +345,8 @@ def test_conflicting_ack_hash_enters_conflict(gate, make_agent):
     agent.outbox.rewind(5, agent.uploader.local_hash(5))
     agent.uploader.start()
     assert agent.outbox.state().state == "conflict"
+    store.close()
+    state.close()
 
 
 def test_server_ahead_of_local_head_is_conflict(gate, make_agent):
@@ -355,3 +358,5 @@ def test_server_ahead_of_local_head_is_conflict(gate, make_agent):
     agent.start()
     assert agent.outbox.state().state == "conflict"
     assert agent.outbox.state().acked_seq == 0
+    store.close()
+    state.close()
