@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -325,7 +326,14 @@ class Agent:
         """Run until ``stop`` is set."""
         self.start()
         while not stop.is_set():
-            self.tick()
+            try:
+                self.tick()
+            except (sqlite3.OperationalError, StoreError) as exc:
+                # a database held locked past busy_timeout, a full disk: transient; the state
+                # on disk is consistent, so the next turn simply tries again
+                log.error("agent loop: %s; next turn in 1 s", exc)
+                stop.wait(1.0)
+                continue
             stop.wait(self.next_wait())
         self.notifier.stopping()
 
@@ -349,7 +357,8 @@ class Agent:
                 self._rebase()
         else:
             try:
-                self.flasher.step()
+                if self.outbox.state().state != "revoked":  # every request would be refused
+                    self.flasher.step()
             except (StoreError, SyncError) as exc:
                 log.error("flash step failed: %s", exc)
             if self._mono() >= self.due.upload:
