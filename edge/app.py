@@ -840,24 +840,26 @@ class GateApp:
 
         payload = ev.decision_payload(decision, inputs, pid_key=self.pid_key, pid_kid=self.pid_kid)
         outcome = str(payload["outcome"])
+        reasons = [{"zh": r.zh, "en": r.en} for r in decision.reasons]
+        overridable = decision.overridable
         if self._refer_all() and outcome == "admit":
+            # sync.md §1.8 step 5: storage full under on_full = "refer_all": everyone is checked by hand
             outcome = payload["outcome"] = "refer"
             payload["reasons"] = ["gate-storage-full", *payload["reasons"]]
+            reasons = [{"zh": "存储已满：请人工核验", "en": "Storage full: check by hand"}, *reasons]
+            overridable = True
         appended = self._append("decision", payload, reading.at())          # 1. log
         t_act = self._act(outcome, payload["reasons"])                       # 2. act
         seq = appended.seq if appended else None
         self.decisions.append(DecisionRecord(seq, outcome, code.scan.t_capture, t_act))
         if self.first_decision_s is None:
             self.first_decision_s = t_act - self._started_mono
-        reasons = [{"zh": r.zh, "en": r.en} for r in decision.reasons]
-        if outcome != payload["outcome"] or len(reasons) < len(payload["reasons"]):
-            reasons = [{"zh": "存储已满：全部人工核验", "en": "Storage full: check by hand"}, *reasons]
         unverified = any(
             c is not None and c.verification is not None and not c.verification.ok and c.claims is not None
             for c in (code, partner)
         )
         lockout = float(getattr(decision, "lockout_s", 0) or 0)
-        self._record(seq, payload, reading.at(), reasons, decision.overridable, unverified, lockout)   # 3. console
+        self._record(seq, payload, reading.at(), reasons, overridable, unverified, lockout)   # 3. console
         # alerts after the decision they belong to (sync.md §1.5, rules.md §3.5)
         policy = inputs.bundle.policy if inputs.bundle is not None else {}
         for kind, alert in ev.alert_events(decision, payload, decision_seq=seq, policy=policy):

@@ -370,3 +370,19 @@ def test_gate_status_for_the_agent(make_gate, world):
     g.app._gs_next = 0
     wait_until(lambda: read_gate_status(g.app.state, boot=boot_id(), boottime_ms=boottime_ms())
                .status.decisions_today == 1)
+
+
+def test_refer_all_when_storage_fails(make_gate, world, monkeypatch):
+    g = make_gate(thermometer=True, store={"on_full": "refer_all"})
+    monkeypatch.setattr(g.app.store, "append_many", lambda items: (_ for _ in ()).throw(
+        StoreUnavailable("database or disk is full (injected)")))
+    g.sim.present(34.2, 25.0)
+    time.sleep(0.8)
+    first = g.decide("HELLO-HELD-1")                         # held in memory: now every admit is referred
+    assert first["seq"] is None
+    view = g.decide(world.health_code(person(world, "green-staff")))
+    g.sim.absent()
+    assert view["outcome"] == "refer" and view["reasons"][0]["id"] == "gate-storage-full"
+    wait_until(lambda: any("check everyone by hand" in b["en"] for b in g.app.status()["banners"]))
+    assert g.app.status()["storage"]["held"] >= 2
+    assert [bool(s.state) for s in g.pin(RELAY).states] == [False]
