@@ -198,7 +198,8 @@ def machine() -> str:
     return (
         f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
         f"zxing-cpp {version('zxing-cpp')}, pyzbar {version('pyzbar')} + libzbar0 {zbar}, "
-        f"opencv {cv2.__version__}, numpy {np.__version__}"
+        f"opencv {cv2.__version__}, numpy {np.__version__}; load average at the end "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (other work was running: compare ratios, not absolute ms)"
     )
 
 
