@@ -460,7 +460,8 @@ class _Compiler:
                     return _raiser(f'operator "and" takes at least 2 operands, got {n}')
             elif n not in _ARITY[op]:
                 return _raiser(f'operator "{op}" takes {_arity_text(op)} operands, got {n}')
-            return getattr(self, _BUILDERS[op])(op, operands, depth + 2, pos)
+            builder: Callable[[str, list[Any], int, tuple[int, ...]], DataFn] = getattr(self, _BUILDERS[op])
+            return builder(op, operands, depth + 2, pos)
         return _raiser(f"invalid CertLogic expression: {t.__name__}")
 
     def sub(self, operands: list[Any], i: int, depth: int, pos: tuple[int, ...]) -> DataFn:
@@ -579,7 +580,7 @@ class _Compiler:
         def fn(data: Any) -> int:
             x, y = a(data), b(data)
             if type(x) is int and type(y) is int:
-                return x + y  # type: ignore[no-any-return]
+                return int(x + y)
             if _is_int(x) and _is_int(y):
                 return int(x) + int(y)
             raise CertLogicError(f'operands of "+" must be integers, not {_type_name(x)} and {_type_name(y)}')

@@ -179,7 +179,8 @@ class _Gen:
                 return self.fail(indent, f'operator "and" takes at least 2 operands, got {n}')
         elif n not in cl._ARITY[op]:
             return self.fail(indent, f'operator "{op}" takes {cl._arity_text(op)} operands, got {n}')
-        return getattr(self, _METHODS[op])(op, operands, depth + 2, indent)
+        method: Callable[[str, list[Any], int, int], str] = getattr(self, _METHODS[op])
+        return method(op, operands, depth + 2, indent)
 
     def var(self, path: Any, indent: int) -> str:
         if type(path) is not str:

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo
 
 from edge.policy.certlogic import CertLogicError, DateTime, parse_date_time
 
 __all__ = [
     "DATA_SCHEMA",
+    "DateTime",
     "check_path",
     "compute_derived",
     "dcc_last_test",
@@ -121,7 +122,7 @@ def _check_settings_path(frags: list[str], policy: Mapping[str, Any]) -> str | N
     return None
 
 
-def _is_map(value: Any) -> bool:
+def _is_map(value: Any) -> TypeGuard[Mapping[str, Any]]:
     return type(value) is dict or isinstance(value, Mapping)
 
 
@@ -276,7 +277,7 @@ def external_firm(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {k: entry.get(k) for k in _FIRM_FIELDS}
 
 
-def external_preregistration(visitors: list[Mapping[str, Any]], now_ms: int) -> dict[str, Any] | None:
+def external_preregistration(visitors: Sequence[Mapping[str, Any]], now_ms: int) -> dict[str, Any] | None:
     """The visitor entry whose window contains ``now``, else the one starting nearest to ``now``.
 
     rules.md §2.2.2; ties keep list order. ``name`` stays out, ``sub`` becomes ``subject``.

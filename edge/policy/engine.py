@@ -412,8 +412,9 @@ class Temperature:
     attempt: int = 1
 
     def __post_init__(self) -> None:
-        if type(self.measured_at) is str:
-            ms = datamodel.instant_ms(self.measured_at)
+        measured: Any = self.measured_at
+        if type(measured) is str:
+            ms = datamodel.instant_ms(measured)
             if ms is None:
                 raise ValueError("measured_at is not a time")
             object.__setattr__(self, "measured_at", ms)

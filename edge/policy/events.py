@@ -150,7 +150,8 @@ def _dcc_identity(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
     dcc = claims.get("dcc")
     if not isinstance(dcc, Mapping):
         return None, None
-    nam = dcc.get("nam") if isinstance(dcc.get("nam"), Mapping) else {}
+    raw_nam = dcc.get("nam")
+    nam: Mapping[str, Any] = raw_nam if isinstance(raw_nam, Mapping) else {}
     fnt, gnt, dob = nam.get("fnt"), nam.get("gnt"), dcc.get("dob")
     ident = None
     if type(fnt) is str and type(dob) is str:
@@ -286,13 +287,14 @@ def _event_alert(decision: Decision, inputs: DecisionInputs) -> str:
 
 
 def _mode(decision: Decision, inputs: DecisionInputs) -> str:
+    mode: Any
     if decision.facts is not None:
         mode = decision.facts.mode
     elif inputs.bundle is not None:
         mode = inputs.bundle.mode.get("mode")
     else:
         mode = "normal"
-    return mode if mode in ("normal", "emergency") else "normal"
+    return str(mode) if mode in ("normal", "emergency") else "normal"
 
 
 def decision_payload(

@@ -287,24 +287,30 @@ def run_case(rule_dir: RuleDir, case: Mapping[str, Any], base: Any, file: str) -
         expected = case["expected"]
         return CaseResult(file, case["name"], rule_id, expected, got, got == expected, detail)
 
-    payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
+    raw_payload = data.get("payload")
+    payload: dict[str, Any] = raw_payload if isinstance(raw_payload, dict) else {}
     external = data["external"]
     kind = payload.get("kind")
-    gate = external.get("gate") if isinstance(external.get("gate"), dict) else {}
+    raw_gate = external.get("gate")
+    gate: dict[str, Any] = raw_gate if isinstance(raw_gate, dict) else {}
     lane = gate.get("lane")
     now_ms = datamodel.instant_ms(external.get("now"))
     rules = rule_dir.rules.select(kind, lane, now_ms) if type(kind) is str and type(lane) is str and now_ms is not None else ()
-    expected = {"outcome": case["expected"]["outcome"], "failed": sorted(set(case["expected"].get("failed", [])))}
+    want: dict[str, Any] = {
+        "outcome": case["expected"]["outcome"],
+        "failed": sorted(set(case["expected"].get("failed", []))),
+    }
     if not rules:
-        got = {"outcome": "REFER", "failed": ["pre-no-rule"]}
-        ok = expected["outcome"] == "REFER" and set(case["expected"].get("failed", [])) <= {"pre-no-rule"}
-        return CaseResult(file, case["name"], None, expected, got, ok, "no rule applies to this kind and lane")
+        none_apply = {"outcome": "REFER", "failed": ["pre-no-rule"]}
+        ok = want["outcome"] == "REFER" and set(case["expected"].get("failed", [])) <= {"pre-no-rule"}
+        return CaseResult(file, case["name"], None, want, none_apply, ok, "no rule applies to this kind and lane")
     j = judge(rules, data)
     failed = sorted({f.rule for f in j.failures})
-    got = {"outcome": j.outcome, "failed": failed}
-    ok = j.outcome == expected["outcome"] and ("failed" not in case["expected"] or failed == expected["failed"])
+    ok = j.outcome == want["outcome"] and ("failed" not in case["expected"] or failed == want["failed"])
     errors = [f"{f.rule}: {f.detail}" for f in j.failures if f.outcome == "error"]
-    return CaseResult(file, case["name"], None, expected, got, ok, "; ".join(errors) or None, j.failures)
+    return CaseResult(
+        file, case["name"], None, want, {"outcome": j.outcome, "failed": failed}, ok, "; ".join(errors) or None, j.failures
+    )
 
 
 def run_dir(path: Path | str) -> Report:
