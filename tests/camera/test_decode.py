@@ -26,6 +26,11 @@ def _zbar_or_skip():
     return wrapper
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False  # folder and push frames are read-only (edge.camera)
+    return a
+
+
 def _inside(sym: Symbol, x: int, y: int, w: int, h: int, slack: int = 3) -> bool:
     return all(x - slack <= px <= x + w + slack and y - slack <= py <= y + h + slack for px, py in sym.position)
 
@@ -43,6 +48,8 @@ def test_ck1_sized_code_in_colour_grey_and_bgra_frames(effort):
         "grey": decode(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), effort=effort),
         "bgra": decode(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA), effort=effort),
         "non-contiguous": decode(np.asfortranarray(bgr), effort=effort),
+        "read-only grey": decode(_read_only(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)), effort=effort),
+        "strided grey": decode(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[:, ::1][::1], effort=effort),
     }
     h, w = code.shape
     for kind, symbols in results.items():
