@@ -49,7 +49,7 @@ def test_ck1_sized_code_in_colour_grey_and_bgra_frames(effort):
         "bgra": decode(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA), effort=effort),
         "non-contiguous": decode(np.asfortranarray(bgr), effort=effort),
         "read-only grey": decode(_read_only(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)), effort=effort),
-        "strided grey": decode(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[:, ::1][::1], effort=effort),
+        "strided grey": decode(np.pad(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), ((0, 0), (0, 7)))[:, :-7], effort=effort),
     }
     h, w = code.shape
     for kind, symbols in results.items():
