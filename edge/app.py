@@ -370,6 +370,7 @@ class GateApp:
         self._deduper: Any = None
         self._decoder: Any = None
         self._holder: Any = None
+        self._updater: Any = None
         self._fresh_monitor: Any = None
         self._fresh: Any = None
         self.binding: dict[str, Any] | None = None
@@ -453,10 +454,14 @@ class GateApp:
         self.state = StateDB(data_dir)
         self.clock = TrustedClock(self.state, ntp=self._ntp)
         from edge.bundles.freshness import FreshnessMonitor
+        from edge.bundles.updater import BundleUpdater
         from edge.bundles.view import BundleHolder
 
         self._holder = BundleHolder(self.state, data_dir)
         self._fresh_monitor = FreshnessMonitor(self.state, self.store)
+        # Never used to update here (the agent does): only to read why a newer bundle is not applied.
+        self._updater = BundleUpdater(data_dir, state=self.state, events=self.store, clock=self.clock,
+                                      device_id=self.device_id, site=ident.site_id if ident else None)
         self.binding = self._load_binding(ident)
         reading = self.clock.read()
         last_boot = self.state.kv_get(_LAST_BOOT_KEY)
@@ -1324,6 +1329,7 @@ class GateApp:
             "setup": None if self._setup is None else {
                 "remaining_s": max(0, int(self._setup[0] - time.monotonic() + 0.999))},
         }
+        st["bundle"]["update_failed"] = self._updater.update_failure() if self._updater is not None else None
         st["banners"] = _banners(st, fresh, reading, self.cfg.store.on_full)
         with self._lock:
             self._status_cache = st
@@ -1416,6 +1422,9 @@ def _banners(st: Mapping[str, Any], fresh: Any, reading: Any, on_full: str) -> l
         else:
             h = st["bundle"]["age_h"]
             add("amber", f"规则已 {h} 小时未更新", f"Rules not updated for {h} h")
+    failed = st["bundle"].get("update_failed")
+    if failed:
+        add("amber", f"规则更新失败：{failed}", f"Rules update failed: {failed}")
     if st["mode"]["mode"] == "emergency":
         since = st["mode"].get("since") or ""
         add("red", f"应急模式（{since} 起）", f"Emergency mode since {since}")

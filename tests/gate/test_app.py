@@ -386,3 +386,11 @@ def test_refer_all_when_storage_fails(make_gate, world, monkeypatch):
     wait_until(lambda: any("check everyone by hand" in b["en"] for b in g.app.status()["banners"]))
     assert g.app.store.held == 2
     assert [bool(s.state) for s in g.pin(RELAY).states] == [False]
+
+
+def test_banner_when_a_newer_bundle_does_not_apply(make_gate):
+    import json as _json
+
+    g = make_gate()
+    g.app.state.kv_set("bundle.pending", _json.dumps({"id": "ab" * 32, "polls": 2, "reason": "bad_signature"}))
+    wait_until(lambda: any(b["en"] == "Rules update failed: bad_signature" for b in g.app.status()["banners"]))
