@@ -83,8 +83,7 @@ def child_update(data_dir: Path, fleet: Fleet, target: dict[str, Any], point: st
     if point:
         os.environ["CHECKPOINT_CRASHPOINTS"] = f"{point}:1"
     crashpoints.reload()
-    g = _gate(data_dir, target["t"] + 20_000)
-    g.updater.startup()
+    g = _gate(data_dir, target["t"] + 20_000)  # start-up already ran in the check child (the restart)
     m = fleet.manifests[target["id"]]
     from sync.bundle import parse_manifest
 
