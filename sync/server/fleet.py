@@ -50,10 +50,15 @@ def _row(conn: Connection, r: Any, now_ms: int, offline_after_s: int, currents: 
     cur = currents[r.site_id]
     behind = cur is not None and (r.hb_bundle_version is None or r.hb_bundle_version < cur.version)
     mode = r.hb_mode
-    if mode is None and r.hb_bundle_sha256:
-        if r.hb_bundle_sha256 not in modes:
-            modes[r.hb_bundle_sha256] = manifest_mode(conn, r.hb_bundle_sha256)
-        mode = modes[r.hb_bundle_sha256]
+    sha = r.hb_bundle_sha256
+    if sha is None and cur is not None and r.hb_bundle_version is not None:
+        m = t.manifests.c  # a heartbeat without the id: the scope's manifest of that version
+        sha = conn.execute(select(m.sha256).where(m.scope == cur.scope, m.version == r.hb_bundle_version)
+                           .order_by(m.keys_version.desc()).limit(1)).scalar()
+    if mode is None and sha:
+        if sha not in modes:
+            modes[sha] = manifest_mode(conn, sha)
+        mode = modes[sha]
     health = health_of(r, now_ms, offline_after_s)
     open_alerts = alerts.get(r.device_id, {})
     return {
