@@ -137,7 +137,15 @@ class Outbox:
             c.execute("BEGIN IMMEDIATE")
             try:
                 acked_seq, pruned = c.execute("SELECT acked_seq, pruned_through FROM outbox WHERE id = 1").fetchone()
-                hi = min(p, acked_seq, pruned + PRUNE_CHUNK)
+                limit = min(p, acked_seq)
+                hi = min(limit, pruned + PRUNE_CHUNK)
+                # A chunk never ends inside a declared hole (a disk_full hole can span far more than
+                # one chunk): pruned_through is always a row or a hole's end, or retention stalls there.
+                inside = c.execute(
+                    "SELECT from_seq, to_seq FROM dropped WHERE from_seq <= ? AND to_seq > ?", (hi, hi)
+                ).fetchone()
+                if inside is not None:
+                    hi = inside[1] if inside[1] <= limit else inside[0] - 1
                 if hi <= pruned:
                     c.execute("COMMIT")
                     break
@@ -147,17 +155,17 @@ class Outbox:
                 cur = c.execute("DELETE FROM events WHERE seq > ? AND seq <= ?", (pruned, hi))
                 deleted += cur.rowcount
                 crashpoint("agent.mid_prune")
-                if last is not None:
-                    c.execute("UPDATE outbox SET pruned_through = ?, pruned_hash = ? WHERE id = 1", (last[0], last[1]))
-                else:
-                    # The whole chunk was a declared hole: move past it with the hole's last hash.
-                    hole = c.execute(
-                        "SELECT to_seq, last_hash FROM dropped WHERE to_seq <= ? ORDER BY to_seq DESC LIMIT 1", (hi,)
-                    ).fetchone()
-                    if hole is None or hole[0] <= pruned:
-                        c.execute("COMMIT")
-                        break
-                    c.execute("UPDATE outbox SET pruned_through = ?, pruned_hash = ? WHERE id = 1", hole)
+                # The new mark: the last row or the end of a hole, whichever is later (a hole
+                # moves the mark past it with its last hash).
+                hole = c.execute(
+                    "SELECT to_seq, last_hash FROM dropped WHERE to_seq > ? AND to_seq <= ? ORDER BY to_seq DESC "
+                    "LIMIT 1", (pruned, hi),
+                ).fetchone()
+                marks = [m for m in (last, hole) if m is not None]
+                if not marks:
+                    c.execute("COMMIT")
+                    break
+                c.execute("UPDATE outbox SET pruned_through = ?, pruned_hash = ? WHERE id = 1", tuple(max(marks)))
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")

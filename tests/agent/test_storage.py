@@ -105,3 +105,23 @@ def test_prune_acked_stops_at_a_declared_hole_boundary(gate):
     store.close()
     state.close()
 
+
+
+def test_retention_passes_a_hole_longer_than_one_chunk(gate):
+    """A disk_full hole can span more seqs than a 5 000-seq prune chunk; retention must not stall on it."""
+    from edge.store.outbox import Outbox
+
+    state = StateDB(gate.data_dir)
+    clock = gate.clock(state)
+    store = gate.writer()
+    fill(store, clock, 9_000, batch=1000)
+    store.declare_corrupt(100, 7_999, "ef" * 32, clock.read().at())   # stands in for a big declared hole
+    fill(store, clock, 10, start=9_000)
+    with Outbox(gate.data_dir) as ob:
+        head = store.head()
+        ob.set_acked(head.last_seq, head.head_hash, "2026-01-01T00:00:00.000Z", wall="2026-01-01T00:00:00.000Z")
+        ob.prune_retention(clock.now(), 7)
+        assert ob.state().pruned_through == head.last_seq
+    assert store.verify_chain().ok
+    store.close()
+    state.close()
