@@ -52,9 +52,22 @@ def _signed_headers() -> dict[str, Any]:
     }
 
 
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    """Resolve local ``$defs`` references, so the documented body stands alone in the OpenAPI document."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, defs) for v in schema]
+    return schema
+
+
 def _body_doc(model: type[m.In]) -> dict[str, Any]:
+    schema = model.model_json_schema()
     return {**_signed_headers(), "requestBody": {"required": True, "content": {
-        "application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+        "application/json": {"schema": _inline(schema, schema.get("$defs", {}))}}}}
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -41,7 +41,8 @@ async def post_keys(request: Request, st: State) -> JSONResponse:
 @router.post("/bundles", status_code=201, response_model=m.Published, responses=_ERR,
              summary="Publish a signed bundle (tar of a bundle directory; both flows)",
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
+                 "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def post_bundle(request: Request, st: State) -> JSONResponse:
     data = await read_body(request, UPLOAD_MAX)
     out = await run_in_threadpool(publish_bundle_tar, st, data, _who(request).name)
