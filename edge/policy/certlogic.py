@@ -47,9 +47,11 @@ __all__ = [
     "Trace",
     "TraceRecord",
     "compile",
+    "date_time_ms",
     "evaluate",
     "is_falsy",
     "is_truthy",
+    "parse_date_time",
     "strict_equal",
     "trace",
     "validate",
@@ -111,9 +113,8 @@ class DateTime:
     def isoformat(self) -> str:
         """The project's JSON time format, ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
         secs, ms = divmod(self.ms, 1000)
-        if 0 <= secs < 253_402_300_800:  # the C library's gmtime: many times faster than arithmetic here
-            t = time.gmtime(secs)
-            return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t[0], t[1], t[2], t[3], t[4], t[5], ms)  # noqa: UP031
+        if 0 <= secs < 253_402_300_800:  # the C library, for the common case (a year 1970-9999)
+            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
         days, rem = divmod(self.ms, 86_400_000)
         y, m, d = _civil_from_days(days)
         hh, rem = divmod(rem, 3_600_000)
@@ -352,6 +353,11 @@ def _dcc_date_of_birth(s: str) -> DateTime:
 def parse_date_time(s: str) -> DateTime:
     """``plusTime(s, 0, …)``: a date(-time) string as a ``DateTime`` (raises ``CertLogicError``)."""
     return DateTime(_parse_date_time(s))
+
+
+def date_time_ms(s: str) -> int:
+    """Like ``parse_date_time(s).ms`` without building the ``DateTime`` (raises ``CertLogicError``)."""
+    return _parse_date_time(s)
 
 
 # --------------------------------------------------------------------------- compiler

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo
 
-from edge.policy.certlogic import CertLogicError, DateTime, parse_date_time
+from edge.policy.certlogic import CertLogicError, DateTime, date_time_ms
 
 __all__ = [
     "DATA_SCHEMA",
@@ -136,7 +136,7 @@ def instant_ms(value: Any) -> int | None:
     if type(value) is not str:
         return None
     try:
-        return parse_date_time(value).ms
+        return date_time_ms(value)
     except CertLogicError:
         return None
 
