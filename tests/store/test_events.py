@@ -267,9 +267,12 @@ def test_refer_all_never_removes_unacknowledged(tmp_path: Path) -> None:
 # -- crashes ---------------------------------------------------------------------------------------
 
 
-def _run_writer(tmp_path: Path, seed: int, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def _run_writer(
+    tmp_path: Path, seed: int, env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("writer.py")), str(tmp_path), DEV, str(seed)],
+        [sys.executable, str(Path(__file__).with_name("writer.py")), str(tmp_path), DEV, str(seed),
+         *([str(log)] if log else [])],
         stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {}),
                                                  "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
@@ -279,13 +282,20 @@ def test_sigkill_mid_batch_leaves_a_valid_gapless_chain(tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("CHECKPOINT_TEST_SEED", "4711")))
     committed: dict[int, str] = {}
     kills = 0
+    log = tmp_path / "committed.log"
     for i in range(52):
-        proc = _run_writer(tmp_path, rng.randrange(1 << 30))
-        time.sleep(rng.uniform(0.1, 0.45))
+        log.write_text("")
+        proc = _run_writer(tmp_path, rng.randrange(1 << 30), log=log)
+        deadline = time.monotonic() + 60
+        while "READY" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # wait for the store to be open, so the kill lands among appends
+        time.sleep(rng.uniform(0.02, 0.3))
         proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate()
+        proc.communicate()
         kills += 1
-        for line in out.splitlines():
+        for line in log.read_text().splitlines():
+            if line.count(" ") != 2:
+                continue  # a line cut by the kill
             if line.startswith("COMMITTED "):
                 _, seq, h = line.split()
                 committed[int(seq)] = h

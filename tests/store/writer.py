@@ -1,6 +1,8 @@
 """Test helper: append events in a loop and print ``COMMITTED <seq> <hash>`` after each return.
 
-Run as a subprocess by the kill -9 tests: ``python writer.py DATA_DIR DEVICE_ID SEED``.
+Run as a subprocess by the kill -9 tests: ``python writer.py DATA_DIR DEVICE_ID SEED [LOG]``.
+With LOG, lines go to that file (flushed after each batch) and ``READY`` is written once the store
+is open, so the harness can time its kill from when appends really start.
 Mixed batch sizes exercise both single appends and multi-event transactions.
 """
 
@@ -16,7 +18,9 @@ def main() -> None:
     data_dir, device_id, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rng = random.Random(seed)
     store = EventStore(data_dir, device_id, max_db_mb=64)
-    out = sys.stdout
+    out = open(sys.argv[4], "a", encoding="utf-8") if len(sys.argv) > 4 else sys.stdout
+    out.write("READY\n")
+    out.flush()
     n = 0
     while True:
         size = rng.choice([1, 1, 1, 3, 17, 50])
