@@ -79,6 +79,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GZIP_OVER_BYTES = 4096          # sync.md §3.1: the agent gzips any body over 4 KiB
+GZIP_LEVEL = 3                  # a third of level 6's CPU for ~14 % more bytes: a Pi's CPU is the tighter budget
 MAX_JSON_REPLY_BYTES = 1 << 20  # our JSON replies are small; anything bigger is not our server
 _RETRYABLE = {408, 429}
 
@@ -367,7 +368,7 @@ class DeviceClient:
         if method.upper() == "POST":
             headers["Content-Type"] = "application/json"
             if len(body) > GZIP_OVER_BYTES:
-                wire = gzip.compress(body, compresslevel=6, mtime=0)
+                wire = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
                 headers["Content-Encoding"] = "gzip"
         reply = self._exchange(method, path, wire, headers, nonce=nonce, max_bytes=max_bytes, truncate=truncate,
                                deadline_s=deadline_s)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from edge.errors import StoreError
 from edge.store.events import EventStore
 from edge.store.outbox import Outbox
 from sync.agent.timing import Backoff
+from sync.canonical import canonical, loads_strict
 from sync.client import (
     BadBatch,
     ClockSkew,
@@ -52,7 +54,7 @@ from sync.client import (
     TooLarge,
 )
 from sync.crashpoints import crashpoint
-from sync.errors import Rejected, Unreachable
+from sync.errors import FormatError, Rejected, Unreachable
 from sync.events import hash_body
 from sync.keys import KeyFile
 from sync.signing import ack_text, head_text
@@ -62,6 +64,8 @@ __all__ = ["PROBE_S", "Batch", "UploadResult", "Uploader"]
 
 log = logging.getLogger(__name__)
 
+_HEAD = re.compile(rb'\{"at":\{[^{}]*\},"device_id":"([a-z0-9-]+)","kind":"')
+_TAIL = re.compile(rb',"prev_hash":"([0-9a-f]{64})","seq":([1-9][0-9]{0,15}),"v":1\}\Z')
 PROBE_S = 600.0   # conflict / blocked / revoked: probe GET …/state every 10 min (§3.4)
 IDLE_S = 1.0      # nothing to send: look for new rows every second (§3.4 step 2.4)
 
@@ -140,6 +144,7 @@ class Uploader:
         self.limit = self.max_events       # lowered while isolating a refused item (400/413)
         self.isolate_through = 0           # keep the lowered limit until the ack passes this seq
         self.genesis = self._meta_genesis()
+        self._dev_bytes = device_id.encode()
         # counters for status, heartbeats and the drain benchmark
         self.batches_ok = 0
         self.events_sent = 0
@@ -199,12 +204,31 @@ class Uploader:
                 out.append(_Row(seq, r[0], r[1].decode("ascii", "replace") if r[1] is not None else None))
         return out
 
-    def _row_ok(self, row: _Row) -> tuple[bool, str | None]:
-        """Is the row self-consistent (hash recomputes, names its seq and this device)? Returns its prev_hash."""
+    def _row_ok(self, row: _Row, *, strict: bool = False) -> tuple[bool, str | None]:
+        """Is the row self-consistent (hash recomputes, names its seq and this device)? Returns its prev_hash.
+
+        ``strict`` also requires the body to be exactly the canonical JSON of its parsed value
+        (used once a single event was refused, to tell damage from a software fault).
+        """
         if row.body is None or row.hash is None:
             return False, None
         if hash_body(row.body) != row.hash:
             return False, None
+        if strict:
+            try:
+                if canonical(loads_strict(row.body)) != row.body:
+                    return False, None
+            except (FormatError, UnicodeDecodeError, ValueError):
+                return False, None
+        # Fast path: a stored body is canonical JSON, whose members are sorted, so it starts
+        # with the "at" object and "device_id" and ends with prev_hash, seq and v. Both anchors
+        # are exact for any valid JSON text; anything else takes the full parse below.
+        head = _HEAD.match(row.body)
+        tail = _TAIL.search(row.body)
+        if not strict and head is not None and tail is not None and head.group(1) == self._dev_bytes:
+            if int(tail.group(2)) != row.seq:
+                return False, None
+            return True, tail.group(1).decode()
         try:
             ev = json.loads(row.body)
         except (UnicodeDecodeError, ValueError):
@@ -545,6 +569,20 @@ class Uploader:
     def _halve(self, batch: Batch, exc: Rejected) -> UploadResult:
         """400 bad_batch / 413: halve the batch to isolate the item; one refused event blocks (§3.4)."""
         if batch.count <= 1:
+            if batch.count == 1 and isinstance(exc, BadBatch):
+                # One event refused: damage the fast row check cannot see (a body that is not
+                # canonical JSON yet hashes right) becomes a declared hole; anything else is a
+                # software fault, and the gate says so instead of skipping it silently.
+                rows = self._read_rows(batch.last_seq, 1)
+                if rows and rows[0].seq == batch.last_seq and not self._row_ok(rows[0], strict=True)[0]:
+                    ob = self.outbox.state()
+                    next_seq, meta_head = self.outbox.execute(
+                        "SELECT next_seq, head_hash FROM meta WHERE id = 1").fetchone()
+                    hole = self._next_hole(batch.last_seq + 1)
+                    stop = hole[0] if hole is not None else next_seq
+                    log.error("refused event seq=%d is damaged: declaring it (acked=%d)", batch.last_seq,
+                              ob.acked_seq)
+                    return self._declare_damage(self._damaged_run(batch.last_seq, stop, next_seq - 1, meta_head))
             self._enter("blocked", f"{exc} (seq {batch.first_seq}..{batch.last_seq})")
             return UploadResult("blocked", PROBE_S)
         self.limit = max(1, batch.count // 2)

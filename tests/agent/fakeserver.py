@@ -151,7 +151,10 @@ class FakeServer:
             body = gzip.decompress(raw)
         if not verify_ed25519(self.device_public, request_text(request.method, path, dev, int(t), nonce, body), sig):
             return self._err(401, "bad_signature")
-        doc = json.loads(body) if body else None
+        try:
+            doc = json.loads(body) if body else None
+        except ValueError:
+            return self._bad(nonce, None, "not JSON")
         self._last_doc = doc
         if self.refuse is not None:
             forced = self.refuse(request, doc)

@@ -203,3 +203,29 @@ def test_crash_mid_rebase_leaves_the_provisional_chain(gate, tmp_path, point):
     assert [e.kind for e in after[20:]] == ["venue_bound"]
     store.close()
     state.close()
+
+
+@pytest.mark.parametrize("change", ["seq", "device", "not_json"])
+def test_rehashed_rows_that_lie_about_seq_or_device_are_damage(gate, make_agent, change):
+    """A row whose hash was recomputed after editing still has to name its own seq and this device."""
+    from sync.events import hash_body
+
+    state, store, clock = _writer(gate)
+    fill(store, clock, 12)
+    c = _raw(gate)
+    body = c.execute("SELECT body FROM events WHERE seq = 6").fetchone()[0]
+    if change == "seq":
+        body = body.replace('"seq":6,', '"seq":7,')
+    elif change == "device":
+        body = body.replace(gate.identity.device_id, "gate-other-99")
+    else:  # not JSON at all, yet with the right link: only the server's parse (or a strict check) sees it
+        body = body.replace('"payload":{', '"payload":{,', 1)
+    c.execute("UPDATE events SET body = ?, hash = ? WHERE seq = 6", (body, hash_body(body.encode())))
+    c.close()
+    server = gate.fake_server()
+    agent = make_agent(server.transport())
+    assert agent.run_until(agent.drained)
+    assert server.holes[6]["cause"] == "corrupt"
+    server.verify_chain()
+    store.close()
+    state.close()
