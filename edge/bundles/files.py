@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sync.bundle import ParsedParts
+from sync.bundle import ParsedParts, PartRef
 from sync.crashpoints import crashpoint
 
 __all__ = [
@@ -50,6 +50,11 @@ CREATE TABLE visitors (sub TEXT NOT NULL, host_firm TEXT NOT NULL, n INTEGER NOT
                        PRIMARY KEY (sub, host_firm, n)) WITHOUT ROWID;
 CREATE TABLE revocations (hash TEXT PRIMARY KEY, until TEXT NOT NULL, reason TEXT NOT NULL) WITHOUT ROWID;
 """
+
+
+# The tables each data part fills (what can be copied from the bundle in force when unchanged).
+_TABLES = {"roster": ("staff", "codes", "teams"), "firms": ("firms",), "preregistrations": ("visitors",),
+           "revocations": ("revocations",)}
 
 
 def _dumps(obj: Any) -> str:
@@ -103,6 +108,13 @@ class BundleFiles:
 
     def part_path(self, sha256: str) -> Path:
         return self.parts_dir / sha256
+
+    def has_part(self, ref: PartRef) -> bool:
+        """The part file exists with the listed length (its hash was checked when stored and at start-up)."""
+        try:
+            return self.part_path(ref.sha256).stat().st_size == ref.length
+        except OSError:
+            return False
 
     def read_part(self, sha256: str, length: int) -> bytes | None:
         """A stored part whose bytes still hash to its name, else None (a damaged file is deleted)."""
@@ -159,29 +171,62 @@ class BundleFiles:
         rules_digest: str,
         settings_digest: str,
         issued_at: str,
+        copy_from: Path | None = None,
     ) -> Path:
-        """M12: write the bundle file as ``bundles/tmp/<random>``, fsync, 0440, rename, fsync the directory."""
+        """M12: write the bundle file as ``bundles/tmp/<random>``, fsync, 0440, rename, fsync the directory.
+
+        Args:
+            copy_from: the bundle file in force; the tables of every data part missing from
+                ``parsed.objects`` (unchanged since that bundle, ``validate_parts(already_valid=…)``)
+                are copied from it instead of being rebuilt from JSON.
+
+        Raises:
+            sqlite3.DatabaseError: ``copy_from`` cannot be read (the caller rebuilds from the parts).
+        """
         o = parsed.objects
         tmp = self.bundles_tmp / uuid.uuid4().hex
-        conn = sqlite3.connect(tmp, isolation_level=None)
+        conn = sqlite3.connect(f"file:{tmp}", uri=True, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=DELETE")
             conn.execute("PRAGMA synchronous=FULL")
+            old_meta: dict[str, str] = {}
+            if copy_from is not None:
+                conn.execute("ATTACH DATABASE ? AS old", (f"file:{copy_from}?mode=ro&immutable=1",))
+                old_meta = dict(conn.execute("SELECT key, value FROM old.meta").fetchall())
             conn.execute("BEGIN")
             for stmt in filter(str.strip, _DDL.split(";")):
                 conn.execute(stmt)
-            roster = o["roster"]
-            conn.executemany("INSERT INTO staff VALUES (?, ?)", ((s["sub"], _dumps(s)) for s in roster["staff"]))
-            conn.executemany("INSERT INTO codes VALUES (?, ?)",
-                             ((c, s["sub"]) for s in roster["staff"] for c in s["codes"]))
-            conn.executemany("INSERT INTO teams VALUES (?, ?, ?)",
-                             ((t["firm"], t["team"], _dumps(t)) for t in roster["teams"]))
-            conn.executemany("INSERT INTO firms VALUES (?, ?)", ((f["id"], _dumps(f)) for f in o["firms"]["firms"]))
-            conn.executemany("INSERT INTO visitors VALUES (?, ?, ?, ?)",
-                             ((v["sub"], v["host_firm"], i, _dumps(v))
-                              for i, v in enumerate(o["preregistrations"]["visitors"])))
-            conn.executemany("INSERT OR IGNORE INTO revocations VALUES (?, ?, ?)",
-                             ((r["hash"], r["until"], r["reason"]) for r in o["revocations"]["entries"]))
+            counts: dict[str, int] = json.loads(old_meta.get("counts", "{}"))
+            for part, tables in _TABLES.items():
+                if part in o:
+                    continue
+                if copy_from is None:
+                    raise KeyError(f"part {part} neither parsed nor copied")
+                for table in tables:
+                    conn.execute(f"INSERT INTO main.{table} SELECT * FROM old.{table}")
+            if "roster" in o:
+                roster = o["roster"]
+                conn.executemany("INSERT INTO staff VALUES (?, ?)", ((s["sub"], _dumps(s)) for s in roster["staff"]))
+                conn.executemany("INSERT INTO codes VALUES (?, ?)",
+                                 ((c, s["sub"]) for s in roster["staff"] for c in s["codes"]))
+                conn.executemany("INSERT INTO teams VALUES (?, ?, ?)",
+                                 ((t["firm"], t["team"], _dumps(t)) for t in roster["teams"]))
+                counts["staff"] = len(roster["staff"])
+                roster_key = roster["roster_key"]
+            else:
+                roster_key = old_meta["roster_key"]
+            if "firms" in o:
+                conn.executemany("INSERT INTO firms VALUES (?, ?)", ((f["id"], _dumps(f)) for f in o["firms"]["firms"]))
+                counts["firms"] = len(o["firms"]["firms"])
+            if "preregistrations" in o:
+                conn.executemany("INSERT INTO visitors VALUES (?, ?, ?, ?)",
+                                 ((v["sub"], v["host_firm"], i, _dumps(v))
+                                  for i, v in enumerate(o["preregistrations"]["visitors"])))
+                counts["visitors"] = len(o["preregistrations"]["visitors"])
+            if "revocations" in o:
+                conn.executemany("INSERT OR IGNORE INTO revocations VALUES (?, ?, ?)",
+                                 ((r["hash"], r["until"], r["reason"]) for r in o["revocations"]["entries"]))
+                counts["revocations"] = len(o["revocations"]["entries"])
             mode = {k: o["mode"][k] for k in ("mode", "since", "reason", "set_by")}
             meta = {
                 "format": str(BUNDLE_FILE_FORMAT),
@@ -195,14 +240,14 @@ class BundleFiles:
                 "settings": _dumps(o["settings"]),
                 "trust": _dumps(o["trust"]),
                 "mode": _dumps(mode),
-                "roster_key": roster["roster_key"],
-                "counts": _dumps({"staff": len(roster["staff"]), "firms": len(o["firms"]["firms"]),
-                                  "visitors": len(o["preregistrations"]["visitors"]),
-                                  "revocations": len(o["revocations"]["entries"])}),
+                "roster_key": roster_key,
+                "counts": _dumps(counts),
             }
             conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
             crashpoint("bundle.m12.before_commit")
             conn.execute("COMMIT")
+            if copy_from is not None:
+                conn.execute("DETACH DATABASE old")
         except BaseException:
             conn.close()
             with contextlib.suppress(FileNotFoundError):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from edge.errors import EdgeError, StoreError
 from edge.store.events import EventStore
 from edge.store.state import StateDB
 from sync.bundle import (
+    DATA_PARTS,
     KEYS_CHAIN_MAX,
     BundleRejected,
     InForce,
@@ -516,9 +518,10 @@ class BundleUpdater:
                          p.version)
                 report_state(self.state, self.events, r, freshness(p, r), cause="gap", force=True)
             stored: list[str] = []
+            reuse, copy_from = self._reusable(m, p)
             try:
-                parts = self._fetch_parts(m, fetcher, stored)  # M10
-                parsed = validate_parts(parts)  # M11
+                parts = self._fetch_parts(m, fetcher, stored, skip=reuse)  # M10
+                parsed = validate_parts(parts, already_valid=reuse)  # M11
             except BundleRejected as exc:
                 # A rejection changes nothing: part files fetched for this manifest go again
                 # (those the manifest in force uses are never among them).
@@ -533,23 +536,59 @@ class BundleUpdater:
             for w in parsed.warnings:
                 log.info("bundle warning version=%d %s", m.version, w[:200])
             name = self.files.file_name_for(m.version, m.keys_version, p.bundle_file if p else None)
-            self.files.build_bundle_file(  # M12
-                name, parsed, manifest_id=m.id, version=m.version, keys_version=m.keys_version,
-                rules_digest=m.parts["rules"].sha256, settings_digest=m.parts["settings"].sha256,
-                issued_at=m.issued_at)
+            meta = dict(manifest_id=m.id, version=m.version, keys_version=m.keys_version,
+                        rules_digest=m.parts["rules"].sha256, settings_digest=m.parts["settings"].sha256,
+                        issued_at=m.issued_at)
+            try:
+                self.files.build_bundle_file(name, parsed, copy_from=copy_from, **meta)  # type: ignore[arg-type]  # M12
+            except (sqlite3.DatabaseError, KeyError) as exc:
+                if copy_from is None:
+                    raise
+                # The bundle file in force cannot be copied from: read and check every part instead.
+                log.warning("bundle file in force unreadable for copying (%s); rebuilding from the parts", exc)
+                try:
+                    parsed = validate_parts(self._fetch_parts(m, fetcher, stored))
+                except (BundleRejected, Unreachable) as again:
+                    log.error("bundle rebuild failed version=%d: %s", m.version, again)
+                    return StepResult("fetch_failed", version=m.version, detail=f"manifest: {again}"[:200])
+                self.files.build_bundle_file(name, parsed, **meta)  # type: ignore[arg-type]
             crashpoint("bundle.m12.built")
             self._switch(m, name, parsed, confirmed_ms, p)  # M13
             self._write_bundle_event(self.pointer())
             self._apply_clock_settings(parsed.objects["settings"])
             self.files.remove_bundle_files_except(name)  # M15
-            self.files.remove_parts_except({m.parts[n].sha256 for n in parsed.objects})
+            self.files.remove_parts_except({ref.sha256 for ref in check_part_listing(m)})
             self.files.clear_tmp()
             crashpoint("bundle.m15.done")
             return StepResult("accept", version=m.version)
 
-    def _fetch_parts(self, m: Manifest, fetcher: Fetcher, stored: list[str]) -> dict[str, bytes]:
+    def _reusable(self, m: Manifest, p: Pointer | None) -> tuple[frozenset[str], Path | None]:
+        """Data parts byte-identical to the bundle in force, and its file to copy their tables from.
+
+        A mode switch or a revocation then costs the changed part only, whatever the roster's size
+        (§4.3: applied within one poll interval). Never after corruption: then everything is re-read.
+        """
+        if p is None or p.corrupt:
+            return frozenset(), None
+        path = self.files.bundle_path(p.bundle_file)
+        try:
+            old = parse_manifest(p.manifest)
+        except BundleRejected:
+            return frozenset(), None
+        same = frozenset(
+            n for n in DATA_PARTS
+            if n in old.parts and n in m.parts and old.parts[n] == m.parts[n] and self.files.has_part(m.parts[n]))
+        if not same or not path.is_file():
+            return frozenset(), None
+        return same, path
+
+    def _fetch_parts(
+        self, m: Manifest, fetcher: Fetcher, stored: list[str], *, skip: frozenset[str] = frozenset()
+    ) -> dict[str, bytes]:
         parts: dict[str, bytes] = {}
         for ref in check_part_listing(m):
+            if ref.name in skip:
+                continue
             data = self.files.read_part(ref.sha256, ref.length)
             if data is None:
                 raw = fetcher.part(ref.sha256, ref.length + 1)

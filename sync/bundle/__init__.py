@@ -49,11 +49,13 @@ from sync.bundle.formats import (
     signing_message,
 )
 from sync.bundle.parts import (
+    DATA_PARTS,
     SOURCE_FILES,
     ParsedParts,
     SourceError,
     build_parts,
     build_parts_from_dir,
+    loads_part,
     parse_roster_csv,
     part_bytes,
     validate_part,
@@ -87,6 +89,7 @@ from sync.bundle.verify import (
 __all__ = [
     "ANY_SITE",
     "CAPS",
+    "DATA_PARTS",
     "KEYS_CHAIN_MAX",
     "MAX_RTT_S",
     "PARTS_TOTAL_CAP",
@@ -125,6 +128,7 @@ __all__ = [
     "keys_body",
     "keys_expired",
     "load_signed",
+    "loads_part",
     "manifest_body",
     "next_manifest_body",
     "parse_current",

@@ -471,3 +471,44 @@ def test_decode_capped_bounds_output_for_every_encoding() -> None:
         decode_capped([b"not gzip"], "gzip", 100)
     with pytest.raises(ValueError):
         decode_capped([b"x"], "br", 100)
+
+
+# -- unchanged data parts are reused, not re-read (the one-key switch with a large roster) ----------
+
+
+def test_mode_switch_reuses_the_unchanged_roster_tables(gate: Gate, fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.bundles.crash_harness import _roster
+
+    fleet.sources["roster"] = _roster(fleet, 500, "d4")
+    m1 = fleet.publish(server_time_ms=T0 - H_MS)
+    poll(gate, fleet, T0)
+    read: list[str] = []
+    real = gate.updater.files.read_part
+    monkeypatch.setattr(gate.updater.files, "read_part",
+                        lambda sha, n: read.append(sha) or real(sha, n))
+    m2 = fleet.publish(server_time_ms=T0, mode="emergency")
+    res, f = poll(gate, fleet, T0 + 1000)
+    assert res.status == "applied" and in_force(gate)[2] == "emergency"
+    for big in ("roster", "firms", "preregistrations", "revocations"):
+        assert m2.parts[big].sha256 not in read, f"{big} is unchanged: not read or parsed again"
+    p = gate.pointer()
+    with SQLiteBundle(gate.dir / "bundles" / p.bundle_file, manifest_id=p.manifest_id, check=True) as view:
+        assert view.counts["staff"] == 500 and view.roster_key == bytes.fromhex("d4" * 32)
+        s = fleet.sources["roster"]["staff"][123]
+        assert view.person_by_code(s["codes"][0]) == s
+    assert m1.parts["roster"] == m2.parts["roster"]
+    assert gate.updater.startup().corrupt is None, "every part file of the manifest in force is still there"
+
+
+def test_reuse_falls_back_to_the_parts_when_the_file_in_force_is_unreadable(gate: Gate, fleet: Fleet) -> None:
+    fleet.publish(server_time_ms=T0 - H_MS)
+    poll(gate, fleet, T0)
+    path = gate.dir / "bundles" / gate.pointer().bundle_file
+    path.chmod(0o640)
+    path.write_bytes(b"\0" * 4096)  # damaged after start-up checked it: the pointer is not corrupt
+    fleet.publish(server_time_ms=T0, mode="emergency")
+    res, _ = poll(gate, fleet, T0 + 1000)
+    assert res.status == "applied" and in_force(gate)[2] == "emergency"
+    p = gate.pointer()
+    with SQLiteBundle(gate.dir / "bundles" / p.bundle_file, manifest_id=p.manifest_id, check=True) as view:
+        assert view.counts["staff"] == 3
