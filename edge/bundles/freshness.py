@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from edge.bundles.view import Pointer
 from edge.clock import ClockReading
+from edge.errors import StoreError
 from edge.store.events import EventStore
 from edge.store.state import StateDB
 from sync.timefmt import format_ms
@@ -109,9 +110,7 @@ def report_state(
     """
     if cause in ("keys_expired", "gap"):
         # sync.md §1.5: for these two from = to; they report a fact, not a change of state.
-        events.append("bundle_state", {"from": new.state, "to": new.state, "cause": cause, "version": new.version},
-                      reading.at())
-        return True
+        return _append(events, {"from": new.state, "to": new.state, "cause": cause, "version": new.version}, reading)
     prev = state.kv_get(REPORTED_KEY) or "none"
     if prev == new.state and not force:
         return False
@@ -119,13 +118,23 @@ def report_state(
         order = {"none": 0, "expired": 1, "stale": 2, "fresh": 3}
         cause = new.cause if (new.cause and order[new.state] <= order.get(prev, 0)) else "confirmed"
     payload = {"from": prev, "to": new.state, "cause": cause, "version": new.version}
-    events.append("bundle_state", payload, reading.at())
+    if not _append(events, payload, reading):
+        return False  # not recorded as reported: the next check tries again
     state.kv_set(REPORTED_KEY, new.state)
     if new.state == "expired" and prev != "expired":
         # §3.6: freshness turning expired alerts at once (the server raises bundle_expired from the event).
         log.error("bundle expired: restricted mode version=%d cause=%s", new.version, cause)
     else:
         log.info("bundle state from=%s to=%s cause=%s version=%d", prev, new.state, cause, new.version)
+    return True
+
+
+def _append(events: EventStore, payload: dict[str, Any], reading: ClockReading) -> bool:
+    try:
+        events.append("bundle_state", payload, reading.at())
+    except StoreError as exc:  # the gate keeps deciding; the state is reported once the store works
+        log.error("bundle_state event not written: %s", exc)
+        return False
     return True
 
 
@@ -139,7 +148,8 @@ class FreshnessMonitor:
 
     def check(self, pointer: Pointer | None, reading: ClockReading, *, unreadable: bool = False) -> Freshness:
         f = freshness(pointer, reading, unreadable=unreadable)
-        if self.last is None or f.state != self.last.state:
-            report_state(self.state, self.events, reading, f)
+        if (self.last is None or f.state != self.last.state) and not report_state(self.state, self.events, reading, f):
+            if self.state.kv_get(REPORTED_KEY) != f.state:
+                return f  # not reported yet (store failing): keep self.last so the next check retries
         self.last = f
         return f
