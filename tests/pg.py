@@ -66,8 +66,9 @@ def find_bindir() -> Path | None:
 class PostgresServer:
     """One throw-away PostgreSQL cluster in a temporary directory."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
         self.bindir = bindir
+        self.durable = durable  # benchmarks: fsync on, as a real server runs
         self.dir = Path(tempfile.mkdtemp(prefix="ckpg", dir="/tmp"))
         self.data = self.dir / "data"
         self.url = f"postgresql+psycopg://checkpoint@/checkpoint_test?host={self.dir}"
@@ -88,8 +89,9 @@ class PostgresServer:
             shutil.chown(self.dir, user="postgres", group="postgres")
         self._run("initdb", "-D", str(self.data), "-U", "checkpoint", "--auth=trust", "--encoding=UTF8",
                   "--no-locale", "-N")
-        opts = (f"-c listen_addresses='' -c unix_socket_directories={self.dir} -c fsync=off "
-                "-c full_page_writes=off -c max_connections=200")
+        opts = f"-c listen_addresses='' -c unix_socket_directories={self.dir} -c max_connections=200"
+        if not self.durable:
+            opts += " -c fsync=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o", opts, "start")
         self._run("createdb", "-h", str(self.dir), "-U", "checkpoint", "checkpoint_test")
         return self.url

@@ -21,6 +21,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, and_, select, update
@@ -86,6 +87,7 @@ def _subject_name(payload: Mapping[str, Any]) -> str:
     return str(name)[:32] if isinstance(name, str) and name else ""
 
 
+@lru_cache(maxsize=16_384)
 def name_is_masked(name: str) -> bool:
     """``name_m`` of a masked shape (credentials.md §7.2), by the project's one definition."""
     from edge.credentials.masking import looks_masked  # lazily: the server needs nothing else from edge

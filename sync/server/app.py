@@ -121,6 +121,7 @@ def create_app(state: ServerState, *, workers: bool | None = None) -> FastAPI:
     from sync.server.metrics_db import fleet_gauges
 
     run_workers = state.config.background_jobs if workers is None else workers
+    import edge.credentials.masking  # noqa: F401  (warm: the first upload must not pay for the import)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 from sync.server import tables as t
 from sync.server.errors import DatabaseError, StartupRefused
 
-__all__ = ["Database", "insert_ignore"]
+__all__ = ["Database", "insert_ignore", "insert_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,34 @@ def insert_ignore(conn: Connection, table: Table) -> Any:
     if conn.dialect.name == "postgresql":
         return pg_dialect.insert(table).on_conflict_do_nothing()
     return sqlite_dialect.insert(table).on_conflict_do_nothing()
+
+
+_insert_sql: dict[tuple[str, str], tuple[str, list[str], bool]] = {}
+
+
+def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows with one DBAPI ``executemany`` (the ingest hot path).
+
+    The statement is compiled once per dialect; the rows go to the driver as tuples
+    (SQLite, ``qmark``) or dicts (psycopg, ``pyformat``) without SQLAlchemy's per-row
+    parameter processing, which is safe here because every column is a plain
+    integer, string or boolean.
+    """
+    if not rows:
+        return
+    key = (conn.dialect.name, table.name)
+    hit = _insert_sql.get(key)
+    if hit is None:
+        cols = [c.name for c in table.columns]
+        compiled = table.insert().compile(dialect=conn.dialect, column_keys=cols)
+        positional = bool(compiled.positional)
+        order = list(compiled.positiontup) if positional and compiled.positiontup else cols
+        hit = _insert_sql[key] = (str(compiled), order, positional)
+    sql, order, positional = hit
+    if positional:
+        conn.exec_driver_sql(sql, [tuple(map(r.get, order)) for r in rows])
+    else:
+        conn.exec_driver_sql(sql, [{c: r.get(c) for c in order} for r in rows])
 
 
 class Database:

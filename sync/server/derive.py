@@ -9,14 +9,15 @@ because a payload problem must never wedge a gate (§1.5).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sync.errors import TimeFormatError
-from sync.timefmt import parse_ms
+from sync.timefmt import to_ms
 
 __all__ = ["derived_columns", "local_day", "zone"]
 
@@ -45,7 +46,42 @@ def zone(name: str) -> ZoneInfo:
 
 def local_day(ms: int, tz: str) -> str:
     """``YYYY-MM-DD`` of an instant in a site's time zone."""
-    return datetime.fromtimestamp(ms / 1000, zone(tz)).date().isoformat()
+    return _day_of_quarter_hour(ms // 900_000, tz)
+
+
+@lru_cache(maxsize=65_536)
+def _day_of_quarter_hour(q: int, tz: str) -> str:
+    # Every UTC offset and every transition of the tz database falls on a quarter hour, so all
+    # instants of one UTC quarter hour share their local date: one computation per 15 minutes.
+    return datetime.fromtimestamp(q * 900, zone(tz)).date().isoformat()
+
+
+_TIME_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{3})Z$")
+
+
+@lru_cache(maxsize=4096)
+def _midnight_ms(date: str) -> int:
+    try:
+        return to_ms(datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=UTC))
+    except ValueError as exc:
+        raise TimeFormatError(f"impossible date {date!r}") from exc
+
+
+def wall_ms(text: Any) -> int | None:
+    """``sync.timefmt.parse_ms`` for the event's ``at.wall`` (None when it is not a valid time), cached by day."""
+    if not isinstance(text, str):
+        return None
+    m = _TIME_RE.match(text)
+    if m is None:
+        return None
+    hh, mm, ss = int(m.group(2)), int(m.group(3)), int(m.group(4))
+    if hh > 23 or mm > 59 or ss > 59:
+        return None
+    try:
+        day = _midnight_ms(m.group(1))
+    except TimeFormatError:
+        return None
+    return day + ((hh * 60 + mm) * 60 + ss) * 1000 + int(m.group(5))
 
 
 def _s(v: Any, n: int) -> str | None:
@@ -72,10 +108,7 @@ def derived_columns(event: Mapping[str, Any], *, site_id: str | None, tz: str, d
     kind = str(event.get("kind"))
     at = event.get("at") if isinstance(event.get("at"), dict) else {}
     payload = event.get("payload") if isinstance(event.get("payload"), dict) else {}
-    try:
-        at_ms: int | None = parse_ms(at.get("wall"))  # type: ignore[arg-type]
-    except TimeFormatError:
-        at_ms = None
+    at_ms = wall_ms(at.get("wall"))
     clock = at.get("clock")
     venue = payload.get("venue")
     if not isinstance(venue, dict):

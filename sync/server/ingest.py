@@ -34,7 +34,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from sync.canonical import canonical, loads_strict
+from sync.canonical import MAX_SAFE_INT, loads_strict
 from sync.crashpoints import crashpoint
 from sync.errors import CanonicalError
 from sync.events import MAX_EVENT_BYTES, genesis, hash_body
@@ -42,6 +42,8 @@ from sync.keys import verify_ed25519
 from sync.server import tables as t
 from sync.server.alerts import DeviceInfo, NewAlert, alerts_for_event, confirm_event_alert, raise_alert
 from sync.server.auth import DeviceRequest, claim_nonce
+from sync.server.batchjson import canonical_bytes, loads_batch
+from sync.server.db import insert_rows
 from sync.server.derive import derived_columns
 from sync.server.errors import ApiError
 from sync.signing import head_text
@@ -98,7 +100,7 @@ class Batch:
 
 
 def _int(v: Any) -> bool:
-    return type(v) is int and v >= 1
+    return type(v) is int and 1 <= v <= MAX_SAFE_INT
 
 
 def _check_event(ev: Any, device_id: str, pos_seq: int | None) -> Item:
@@ -107,7 +109,7 @@ def _check_event(ev: Any, device_id: str, pos_seq: int | None) -> Item:
     at_seq = seq if _int(seq) else pos_seq
     if not isinstance(ev, dict):
         raise BadBatch("event is not an object", at_seq)
-    if set(ev) != _ENVELOPE:
+    if ev.keys() != _ENVELOPE:
         missing, extra = _ENVELOPE - set(ev), set(ev) - _ENVELOPE
         raise BadBatch(f"event envelope: missing {sorted(missing)} extra {sorted(extra)[:5]}", at_seq)
     if ev["v"] != 1 or type(ev["v"]) is not int:
@@ -125,7 +127,7 @@ def _check_event(ev: Any, device_id: str, pos_seq: int | None) -> Item:
     if not isinstance(ev["hash"], str) or not _HEX64.match(ev["hash"]):
         raise BadBatch("event hash must be 64 lowercase hex", seq)
     try:
-        body = canonical({k: v for k, v in ev.items() if k != "hash"})
+        body = canonical_bytes({k: v for k, v in ev.items() if k != "hash"})
     except CanonicalError as exc:
         raise BadBatch(f"event outside the canonical profile: {exc}", seq) from exc
     if len(body) > MAX_EVENT_BYTES:
@@ -142,7 +144,7 @@ def parse_batch(body: bytes, device_id: str, public_key: str, *, max_events: int
         ApiError: ``400 bad_batch`` (with ``seq``) or ``413 too_large``.
     """
     try:
-        doc = loads_strict(body, max_bytes=max_json_bytes)
+        doc = loads_batch(body, max_bytes=max_json_bytes)
     except CanonicalError as exc:
         raise BadBatch(f"not strict JSON: {exc}", None) from exc
     if not isinstance(doc, dict):
@@ -366,7 +368,7 @@ def _ingest_tx(conn: Connection, st: Any, req: DeviceRequest, batch: Batch, now:
             rows.append(cols)
             if e.event["kind"] == "venue_bound":
                 _venue_bound(e.event, dev_update)
-        conn.execute(t.events.insert(), rows)
+        insert_rows(conn, t.events, rows)
         for e in new:
             for alert in alerts_for_event(e.event, e.hash):
                 confirm_event_alert(conn, st, info, alert, now)
