@@ -66,6 +66,31 @@ def _padded_trust(case_trust: dict[str, Any], total: int) -> Any:
     return load_trust({"keys": filler + case_trust["keys"]})
 
 
+def _worst_cases(vectors: dict[str, Any], seconds: float) -> None:
+    """The most work a hostile code can cause: the inflate cap (64 KiB) filled with CBOR items,
+    in a payload that is *correctly signed* so every check runs (credentials.md §3.3)."""
+    from edge.credentials.cbor_strict import Tag, dumps
+    from sync.keys import generate_key
+
+    case = vectors["health_green"]
+    seed = bytes.fromhex(case["signer"]["ed25519_seed_hex"])
+    key = generate_key("issuer", "bench", "ed25519", seed=seed)
+    trust = load_trust(case["trust"])
+    at = datetime.fromisoformat(case["at"].replace("Z", "+00:00"))
+    n = 65536 - 200
+    payloads = {
+        "64 KiB array of 65k integers": b"\x9a" + n.to_bytes(4, "big") + b"\x00" * n,
+        "64 KiB indefinite array": b"\x9f" + b"\x00" * n + b"\xff",
+        "16-deep arrays around 65k items": b"\x81" * 15 + b"\x9a" + n.to_bytes(4, "big") + b"\x00" * n,
+    }
+    for label, payload in payloads.items():
+        protected = dumps({1: -8, 4: bytes.fromhex(key.keyid)})
+        cose = dumps(Tag(18, [protected, {}, payload, key.sign(sig_structure(protected, payload))]))
+        text = "CK1:" + base45.encode(zlib.compress(cose, 9))
+        cpu = _rate(lambda text=text: verify(text, trust, at), seconds / 5)[1]
+        print(f"hostile worst case, {label} ({len(text)} characters): {cpu * 1000:.1f} ms CPU per verify")
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -144,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     dcc = hc1.to_json(claims[-260][1])
     print(f"jsonschema (reference) on the same DCC: {_rate(lambda: ref.is_valid(dcc), args.seconds / 5)[1] * 1e6:.0f} "
           f"µs CPU; compiled checker: {_rate(lambda: hc1.schema_predicate()(dcc), args.seconds / 5)[1] * 1e6:.0f} µs CPU")
+    _worst_cases(vectors, args.seconds)
     print(f"at {datetime.now(UTC).isoformat(timespec='seconds')}")
     return 0
 
