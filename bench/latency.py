@@ -189,6 +189,7 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)
     from edge.demo import DemoWorld
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as d:
         tmp = Path(d)
         world = DemoWorld(tmp / "world")
@@ -209,6 +210,8 @@ def main() -> int:
         f"edge process RSS after {start['decisions']} decisions (console, thermometer sim, camera): "
         f"{start['rss_mb']:.0f} MB; exit {start['exit']} on SIGTERM",
         "goals: p50 <= 15 ms, p99 <= 40 ms, RSS <= 200 MB, first decision <= 2 s",
+        f"load average (1 min) before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores (other work on the machine inflates every figure above)",
     ]
     for line in lines:
         print(line)
