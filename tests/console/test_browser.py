@@ -15,7 +15,7 @@ import pytest
 from tests.gate.conftest import GUARD_PIN
 from tests.gate.harness import RELAY, wait_until
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"

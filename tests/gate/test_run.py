@@ -17,6 +17,7 @@ from edge.demo import install_bundle, qr_image
 from edge.store.schema import connect
 
 CHECKPOINT = str(Path(sys.executable).parent / "checkpoint")
+pytestmark = pytest.mark.slow       # each test starts a gate process (imports: seconds on a Pi)
 
 
 def write_config(tmp: Path, data: Path, *, listen: str = "127.0.0.1:0", extra: str = "") -> Path:
