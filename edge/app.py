@@ -89,6 +89,16 @@ STOP_REASON_FILE = "stop-reason"
 _LAST_BOOT_KEY = "edge.last_boot"
 
 
+# Reasons of decisions the gate makes alone (rules.md §3.1 reserves the ids; hardware.md §3.4-3.5,
+# console.md §1.2); gate-storage-full is ours (sync.md §1.8 step 5 names no reason id).
+GATE_REASONS: dict[str, tuple[str, str]] = {
+    "gate-tailgate": ("尾随通行：未经准许的第二人", "Tailgating: a second person without admit"),
+    "gate-manual-open": ("门岗按钮开门", "Opened with the guard button"),
+    "gate-manual-check": ("人工核验", "Checked by hand"),
+    "gate-storage-full": ("存储已满：请人工核验", "Storage full: check by hand"),
+}
+
+
 def run_marker_path(data_dir: Path) -> Path:
     return Path(data_dir) / RUN_MARKER
 
@@ -474,6 +484,7 @@ class GateApp:
         if unclean:
             log.warning("previous run did not stop cleanly; quick_check=%s", quick)
         self._refresh_bundle(reading)
+        self._restore_recent(reading)
         # decoder, de-duplication, deep pass (hardware.md §2.3-2.5)
         from edge import decode as decode_mod
 
@@ -851,7 +862,7 @@ class GateApp:
             # sync.md §1.8 step 5: storage full under on_full = "refer_all": everyone is checked by hand
             outcome = payload["outcome"] = "refer"
             payload["reasons"] = ["gate-storage-full", *payload["reasons"]]
-            reasons = [{"zh": "存储已满：请人工核验", "en": "Storage full: check by hand"}, *reasons]
+            reasons = [_gate_reason("gate-storage-full"), *reasons]
             overridable = True
         appended = self._append("decision", payload, reading.at())          # 1. log
         t_act = self._act(outcome, payload["reasons"])                       # 2. act
@@ -950,7 +961,7 @@ class GateApp:
         assert self.turnstile is not None
         self.turnstile.tailgate()
         self._record(appended.seq if appended else None, payload, reading.at(),
-                     [{"zh": "尾随通行：未经准许的第二人", "en": "Tailgating: a second person without admit"}],
+                     [_gate_reason("gate-tailgate")],
                      False, False, 0)
 
     def _cmd_button(self) -> None:
@@ -979,7 +990,7 @@ class GateApp:
         appended = self._append("decision", payload, reading.at())
         self.turnstile.admit()
         self._record(appended.seq if appended else None, payload, reading.at(),
-                     [{"zh": "门岗按钮开门", "en": "Opened with the guard button"}], False, False, 0)
+                     [_gate_reason("gate-manual-open")], False, False, 0)
         self._prompt("override", "请在控制台登记开门原因", "Record the reason for opening on the console", 10)
 
     def _override(self, target: Recent, to: str, guard: str, reason: str, note: str, reading: Any) -> int | None:
@@ -1073,7 +1084,7 @@ class GateApp:
         payload = self._gate_decision("refer", "gate-manual-check")
         appended = self._append("decision", payload, reading.at())
         rec = self._record(appended.seq if appended else None, payload, reading.at(),
-                           [{"zh": "人工核验", "en": "Checked by hand"}], True, False, 0)
+                           [_gate_reason("gate-manual-check")], True, False, 0)
         if rec.seq is None:
             # the override must name its decision's seq: act, and keep what we can
             if req.outcome == "admit":
@@ -1092,6 +1103,43 @@ class GateApp:
         assert self.clock is not None
         self._update_status(self.clock.read())          # the status bar counts down from now
         return SETUP_S
+
+    def _restore_recent(self, reading: Any) -> None:
+        """After a restart the console still replays the last ten decisions (console.md §2), rebuilt
+        from the log; a 60 s lock-out of a non-overridable decision survives the restart."""
+        import json
+
+        from sync.timefmt import parse_ms
+
+        assert self.store is not None
+        bundle = self._bundle()
+        try:
+            rows = list(reversed(self.store.recent(["decision"], RECENT_MAX)))
+            overrides = {}
+            for e in reversed(self.store.recent(["override"], 4 * RECENT_MAX)):
+                p = json.loads(e.body)["payload"]
+                overrides[p.get("decision_seq")] = p
+        except Exception:
+            log.exception("cannot read the last decisions for the console")
+            return
+        now_mono = time.monotonic()
+        for e in rows:
+            ev = json.loads(e.body)
+            p, at = ev["payload"], ev["at"]
+            texts, overridable, locks = [], True, False
+            for rid in p.get("reasons") or []:
+                text, ok, lock = _reason_after_restart(str(rid), bundle, (p.get("credential") or {}).get("kind"))
+                texts.append(text)
+                overridable = overridable and ok
+                locks = locks or lock
+            age_s = max(0.0, (reading.now_ms - parse_ms(at["wall"])) / 1000)
+            mono = now_mono - age_s
+            ov = overrides.get(e.seq)
+            view = decision_view(e.seq, at, p, reasons=texts, overridable=overridable, override=ov)
+            effective = str(ov["to"]) if ov else str(p.get("outcome"))
+            self._recent.append(Recent(e.seq, mono, str(p.get("outcome")), effective, overridable,
+                                       mono + BUTTON_WINDOW_S if locks else 0.0, dict(p.get("subject") or {}),
+                                       dict(p.get("venue") or {}), view))
 
     # -- set-up mode and venue binding ---------------------------------------------------------------
 
@@ -1347,6 +1395,40 @@ class GateApp:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+# rules.md §3.1: the stage-0 rows that deny (a new scan is the remedy, not an override)
+_PRE_DENY = frozenset({"pre-bad-signature", "pre-revoked", "pre-expired", "pre-dcc-key-usage"})
+
+
+def _gate_reason(rid: str) -> dict[str, str]:
+    zh, en = GATE_REASONS[rid]
+    return {"zh": zh, "en": en}
+
+
+def _reason_after_restart(rid: str, bundle: Any, credential_kind: str | None) -> tuple[dict[str, str], bool, bool]:
+    """(shown text, overridable, locks the gate for 60 s) of a logged reason id, without the decision's data.
+
+    Rule reasons are rendered without data ({{path}} placeholders show as ?, rules.md §3.4).
+    """
+    from edge.policy.engine import PRE_TEXTS
+
+    if rid in GATE_REASONS:
+        return _gate_reason(rid), rid in ("gate-manual-check", "gate-storage-full"), False
+    if rid == "pre-unpaired":
+        t = PRE_TEXTS["pre-unpaired-driver" if credential_kind == "pass" else "pre-unpaired-pass"]
+        return {"zh": t.zh, "en": t.en}, True, False
+    if rid in PRE_TEXTS:
+        t = PRE_TEXTS[rid]
+        return {"zh": t.zh, "en": t.en}, rid not in _PRE_DENY, False
+    if rid.endswith(":error"):
+        r = rid[: -len(":error")]
+        return {"zh": f"规则执行错误，请人工核验（{r}）", "en": f"Rule error: check by hand ({r})"}, True, False
+    rule = bundle.rules.get(rid) if bundle is not None else None
+    if rule is None:
+        return {"zh": rid, "en": rid}, False, False
+    text = rule.render_reason({})
+    return {"zh": text.zh, "en": text.en}, rule.override == "guard", rule.override == "none"
 
 
 def _venue_bound_payload(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -394,3 +394,29 @@ def test_banner_when_a_newer_bundle_does_not_apply(make_gate):
     g = make_gate()
     g.app.state.kv_set("bundle.pending", _json.dumps({"id": "ab" * 32, "polls": 2, "reason": "bad_signature"}))
     wait_until(lambda: any(b["en"] == "Rules update failed: bad_signature" for b in g.app.status()["banners"]))
+
+
+def test_restart_replays_last_decisions_and_keeps_the_lockout(make_gate, world, mock_pins):
+    from edge.demo import HOST_FIRM, DemoPerson
+    from tests.gate.harness import Harness
+
+    g = make_gate()
+    g.decide("HELLO-RESTART-1")
+    positive = DemoPerson("positive", "阳性", "positive", "陈*", "staff", HOST_FIRM, "red", flags=("positive",),
+                          on_roster=False)
+    view = g.decide(world.health_code(positive))
+    assert g.stop() == 0
+    h = Harness(world, None, g.cfg.data_dir, mock_pins)          # the same data directory, a new process
+    h.start()
+    try:
+        views = h.app.recent_views()
+        assert [v["seq"] for v in views][-2:] == [view["seq"] - 1, view["seq"]]
+        last = views[-1]
+        assert last["reasons"][0]["id"] == "positive-case" and "Positive" in last["reasons"][0]["en"]
+        assert last["overridable"] is False and views[-2]["reasons"][0]["en"] == "Unknown code: check by hand"
+        mark = h.mark()
+        h.pin(BUTTON).drive_low()
+        h.pin(BUTTON).drive_high()
+        h.wait("prompt", mark, kind="override", en="Cannot be overridden")
+    finally:
+        h.stop()
