@@ -57,7 +57,7 @@ def _roster(fleet: Fleet, n: int, key: str) -> dict[str, Any]:
 def build_fleet(versions: int, rng: random.Random) -> tuple[Fleet, list[dict[str, Any]]]:
     """The fleet and, per version, what must be in force: id, keys version, mode, roster key, staff count."""
     fleet = Fleet()
-    rosters = [_roster(fleet, 3, "a1"), _roster(fleet, 250, "b2"), _roster(fleet, 100, "c3")]
+    rosters = [_roster(fleet, 3, "a1"), _roster(fleet, 150, "b2"), _roster(fleet, 60, "c3")]
     plan: list[dict[str, Any]] = []
     for v in range(1, versions + 1):
         t = T0 + v * STEP_MS
@@ -131,9 +131,10 @@ def child_check(data_dir: Path, plan: dict[int, dict[str, Any]], old: int, new: 
             raise AssertionError("the switch's bundle_applied event is missing after start-up")
         if g.state.read_row("keys")["applied_seq"] is None:
             raise AssertionError("the keys_applied event is missing after start-up")
-        chain = g.events.verify_chain()
-        if not chain.ok:
-            raise AssertionError(f"event chain broken: {chain.problem}")
+        if new % 10 == 0 or new == max(plan):
+            chain = g.events.verify_chain()
+            if not chain.ok:
+                raise AssertionError(f"event chain broken: {chain.problem}")
         result = {"ok": True, "version": p.version, "keys_version": keys.version}
         g.close()
     except Exception as exc:  # report, never hang the harness
