@@ -420,3 +420,16 @@ def test_restart_replays_last_decisions_and_keeps_the_lockout(make_gate, world, 
         h.wait("prompt", mark, kind="override", en="Cannot be overridden")
     finally:
         h.stop()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "oversize"])
+def test_hostile_codes_are_referred_or_denied_never_crash(make_gate, world, kind):
+    good = world.health_code(person(world, "green-staff"))
+    text = {"truncated": good[: len(good) // 2], "garbage": "CK1:%%%%!!!!" + "Z" * 40,
+            "oversize": "CK1:" + "A" * 1800}[kind]
+    g = make_gate()
+    view = g.decide(text)
+    assert view["outcome"] in ("refer", "deny")
+    assert view["subject"]["name_m"] is None                      # nothing unverified names a person
+    assert text not in json.dumps(g.events())                     # the raw text is never stored
+    assert g.app.ready.is_set() and g.thread.is_alive()

@@ -146,3 +146,13 @@ def test_safe_state_command(tmp_path, gate_dir):
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert "relay de-energised" in out.stdout
+
+
+@pytest.mark.parametrize("content", ["[gate\nlane = ", "[gate]\nlane = \"diagonal\"\n", "x" * 100_000])
+def test_garbage_config_is_exit_78(tmp_path, content):
+    toml = tmp_path / "gate.toml"
+    toml.write_text(content)
+    proc = start(toml)
+    assert proc.wait(30) == 78
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "configuration error" in err and "Traceback" not in err
