@@ -364,3 +364,33 @@ def test_non_loopback_listen_needs_tls(tmp_path):
     with pytest.raises(ConfigError, match="go together"):
         ConsoleServer(ConsoleConfig(listen="0.0.0.0:8081", tls_cert_file=str(tmp_path / "c")), backend)
     ConsoleServer(ConsoleConfig(listen="0.0.0.0:0", allow_plain_http=True), backend)
+
+
+def test_tls_console_sets_secure_cookie(tmp_path):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gate.local")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    server = ConsoleServer(ConsoleConfig(listen="127.0.0.1:0", tls_cert_file=str(tmp_path / "c.pem"),
+                                         tls_key_file=str(tmp_path / "k.pem")), RecordingBackend())
+    server.start()
+    try:
+        assert server.url.startswith("https://")
+        with httpx.Client(verify=False, timeout=10) as c:
+            r = c.get(server.url)
+        assert r.status_code == 200 and "secure" in r.headers["set-cookie"].lower()
+    finally:
+        server.stop()
