@@ -1264,7 +1264,7 @@ class GateApp:
                 thermometer=ThermometerStatus(
                     status=st["thermometer"]["state"], protocol=self.cfg.thermometer.protocol,
                     last_reading_age_s=getattr(therm, "last_reading_age_s", None),
-                    last_error=(therm.last_error or None)[:200] if therm is not None and therm.last_error else None),
+                    last_error=therm.last_error[:200] if therm is not None and therm.last_error else None),
                 camera=CameraStatus(status=st["camera"]["state"], fps=getattr(cam, "fps", None)),
                 storage_level=st["storage"]["level"], held_events=st["storage"]["held"],
                 decisions_today=self._decisions_today(reading), mode=st["mode"]["mode"],
