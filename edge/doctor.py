@@ -181,29 +181,53 @@ def device_access(path: str | Path, group_hint: str) -> Check | None:
 # state.db without writing it
 
 
+def ro_connect(path: Path) -> Any:
+    """A read-only connection that leaves the directory as it found it.
+
+    With a writer around (its ``-wal`` exists) the normal read-only connection shares the WAL;
+    without one, ``immutable=1``: a plain read-only open would create ``-wal`` and ``-shm``.
+    """
+    import sqlite3
+
+    from edge.store.schema import connect
+
+    if Path(f"{path}-wal").exists():
+        return connect(path, "reader")
+    if not path.exists():
+        raise FileNotFoundError(path)
+    return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                           check_same_thread=False)
+
+
 class ReadOnlyState:
-    """The ``StateDB`` calls ``TrustedClock`` makes, on a read-only connection.
+    """The ``StateDB`` calls ``TrustedClock``, ``read_pointer`` and ``read_gate_status`` make, read-only.
 
     ``TrustedClock`` initialises a missing clock row; here nothing may be written, so a missing
     row is reported instead.
     """
 
-    def __init__(self, data_dir: Path) -> None:
-        from edge.store.state import StateDB
+    TABLES = ("clock", "keys", "bundle", "binding")
 
-        self._db = StateDB(data_dir, readonly=True)
+    def __init__(self, data_dir: Path) -> None:
+        self._conn = ro_connect(Path(data_dir) / "state.db")
 
     def read_row(self, table: str) -> dict[str, Any] | None:
-        return self._db.read_row(table)
+        if table not in self.TABLES:
+            raise ValueError(f"no such state row: {table}")
+        cur = self._conn.execute(f"SELECT * FROM {table} WHERE id = 1")
+        row = cur.fetchone()
+        return None if row is None else {d[0]: v for d, v in zip(cur.description, row, strict=True)}
 
     def generation(self, table: str) -> int:
-        return self._db.generation(table)
+        row = self.read_row(table)
+        return int(row["generation"]) if row else 0
 
     def kv_get(self, key: str, default: str | None = None) -> str | None:
-        return self._db.kv_get(key, default)
+        row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
 
     def update_row(self, table: str, fn: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> Any:
-        old = self._db.read_row(table)
+        old = self.read_row(table)
         if fn(dict(old) if old else None) is not None:
             from edge.errors import ClockError
 
@@ -211,7 +235,7 @@ class ReadOnlyState:
         return old
 
     def close(self) -> None:
-        self._db.close()
+        self._conn.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,8 +543,6 @@ def _entries(d: Path, limit: int = 2000) -> Iterator[Path]:
 
 
 def check_storage(f: Facts) -> Check:
-    from edge.store.schema import connect
-
     path = Path(f.cfg.data_dir) / "events.db"
     budget = f.cfg.store.max_db_mb * MiB
     level = f.gate_status.storage_level if f.gate_status is not None else None
@@ -530,7 +552,7 @@ def check_storage(f: Facts) -> Check:
     if not path.exists():
         return Check("storage", "ok", "no event log yet (the gate creates it at its first start)")
     try:
-        conn = connect(path, "reader")
+        conn = ro_connect(path)
         try:
             page = conn.execute("PRAGMA page_size").fetchone()[0]
             used = (conn.execute("PRAGMA page_count").fetchone()[0]
@@ -774,7 +796,9 @@ def _print_table(checks: list[Check], config: Path | None) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    console = Console()
+    # Piped (a log, a ticket): wide enough that paths and commands stay on one line.
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    console = Console(width=wide)
     table = Table(title=Text(f"checkpoint doctor ({config or 'built-in defaults'})"), title_justify="left",
                   show_lines=False, expand=False)
     table.add_column("check / 项目", no_wrap=True)
