@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sync.server.errors import ApiError
@@ -167,6 +168,13 @@ def create_app(state: ServerState, *, workers: bool | None = None) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client (or a proxy) closed the connection before its body was complete: nothing was
+        # read, nothing done, nobody to answer. Not a server fault (found by the fault proxy's cut_request).
+        log.info("client disconnected before the request body was complete route=%s", request.url.path)
+        return JSONResponse({"error": "bad_request", "detail": "request body incomplete"}, status_code=400)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
