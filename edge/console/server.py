@@ -8,6 +8,7 @@ demo). The accepted ``Host`` names follow the address (``web.create_app``).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -54,10 +55,13 @@ def allowed_hosts_for(host: str, *, tls: bool) -> frozenset[str] | None:
     name = socket.gethostname().lower()
     names = local | {host, name, f"{name}.local"}
     if host in ("0.0.0.0", "::"):
-        try:
-            names |= {a[4][0] for a in socket.getaddrinfo(name, None)}
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            names |= {str(a[4][0]) for a in socket.getaddrinfo(name, None)}
+        # The address a phone on the LAN uses: the source address of the default route
+        # (a UDP connect sends nothing).
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            names.add(probe.getsockname()[0])
     return frozenset(names)
 
 
