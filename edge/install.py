@@ -515,7 +515,7 @@ def step_venv(t: Target) -> Step:
             path.write_text(json.dumps(doc) + "\n", encoding="utf-8")
 
         s.actions.append(Run((str(py), "-m", "pip", "install", "--disable-pip-version-check",
-                              str(t.source), *extra), then=write_stamp))
+                              "--root-user-action=ignore", str(t.source), *extra), then=write_stamp))
         t.runtime_changed = True
     if s.actions or stale_pyc(venv):
         s.actions.append(Run((str(py), "-m", "compileall", "-q", "-j", "0", str(venv / "lib"))))
@@ -743,7 +743,8 @@ def step_restart(t: Target) -> Step:
     if not t.runtime_changed:
         s.done = "nothing changed that they use"
         return s
-    s.actions.append(Run(("systemctl", "try-restart", *UNITS[t.role])))
+    # The oneshot clock-floor is left alone: it runs at boot, before the gate.
+    s.actions.append(Run(("systemctl", "try-restart", *[u for u in UNITS[t.role] if "clock-floor" not in u])))
     return s
 
 
@@ -836,6 +837,7 @@ def install(role: Role, dry_run: bool, root: Path | None, source: Path | None, p
         target.mkdir(parents=True, exist_ok=True)
     if not image and not dry_run and os.geteuid() != 0:
         raise InstallError("installing into / needs root: sudo checkpoint install ... (or --dry-run, or --root DIR)")
+
     if postgresql and role != "server":
         raise click.UsageError("--postgresql is for --role server")
     is_pi = pi if pi is not None else (not image and is_raspberry_pi(_PI_MODEL))
@@ -850,7 +852,13 @@ def install(role: Role, dry_run: bool, root: Path | None, source: Path | None, p
     mode = "dry run: nothing is changed" if dry_run else "installing"
     click.echo(f"checkpoint install --role {role} into {target} ({mode}; "
                f"{'Raspberry Pi' if is_pi else 'not a Raspberry Pi'}; source {src})")
-    n = run_install(t, click.echo)
+    # The venv and the directories must be readable by the service users whatever root's umask
+    # is (a hardened 077 would leave them unreadable); files get explicit modes anyway.
+    umask = os.umask(0o022)
+    try:
+        n = run_install(t, click.echo)
+    finally:
+        os.umask(umask)
     if t.unowned:
         why = "not root" if not t.may_chown else f"not in {target}/etc/passwd or group yet"
         t.notes.append(f"ownership by {', '.join(sorted(t.unowned))} not applied ({why}): run systemd-sysusers "

@@ -76,8 +76,8 @@ def test_dry_run_on_this_host_changes_nothing():
     if not before[Path("/etc/checkpoint")]:
         assert "   would write /etc/checkpoint/gate.toml (0640 root:checkpoint) (camera " in r.stdout
     if not before[Path("/opt/checkpoint")]:
-        assert f"   would run: /opt/checkpoint/venv/bin/python -m pip install --disable-pip-version-check {REPO}" \
-            in r.stdout
+        assert "   would run: /opt/checkpoint/venv/bin/python -m pip install --disable-pip-version-check " \
+            f"--root-user-action=ignore {REPO}" in r.stdout
         assert "   would run: /opt/checkpoint/venv/bin/python -m compileall -q -j 0 /opt/checkpoint/venv/lib" \
             in r.stdout
     assert lines[-1].endswith("action(s) would be taken") or lines[-1] == "nothing to do: already installed"
