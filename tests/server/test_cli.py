@@ -25,8 +25,22 @@ CLI = [sys.executable, "-m", "edge.cli"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The command in its own process (exit codes and stdout exactly as a shell sees them)."""
     return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def cli_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """The same command in this process (``edge.cli.main``: the exit-code mapping of the real entry point)."""
+    import contextlib
+    import io
+
+    from edge.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def free_port() -> int:
@@ -36,20 +50,24 @@ def free_port() -> int:
 
 
 def test_run_refuses_unsafe_settings(db_url: str, tmp_path: Path) -> None:
-    r = cli("server", "run", "--database", db_url, "--listen", "0.0.0.0:8080")
+    r = cli_here("server", "run", "--database", db_url, "--listen", "0.0.0.0:8080")
     assert r.returncode == 78 and "behind_proxy" in r.stderr
     if db_url.startswith("sqlite"):
-        r = cli("server", "run", "--database", db_url, "--workers", "2")
+        r = cli_here("server", "run", "--database", db_url, "--workers", "2")
         assert r.returncode == 78 and "SQLite" in r.stderr
     else:
         sep = "&" if "?" in db_url else "?"
-        r = cli("server", "run", "--database", f"{db_url}{sep}options=-c%20synchronous_commit%3Doff",
-                "--listen", f"127.0.0.1:{free_port()}")
+        r = cli_here("server", "run", "--database", f"{db_url}{sep}options=-c%20synchronous_commit%3Doff",
+                     "--listen", f"127.0.0.1:{free_port()}")
         assert r.returncode == 78 and "synchronous_commit" in r.stderr
     bad = tmp_path / "server.toml"
     bad.write_text('listen = "127.0.0.1:8080"\nlisten_port = 5\n')
-    r = cli("server", "run", "--config", str(bad))
+    r = cli_here("server", "run", "--config", str(bad))
     assert r.returncode == 78 and "unknown key listen_port" in r.stderr
+    # One refusal through the installed entry point, as systemd runs it (exit status 78: no restart).
+    if db_url.startswith("sqlite"):
+        r = cli("server", "run", "--database", db_url, "--listen", "0.0.0.0:8080")
+        assert r.returncode == 78 and r.stderr.count("\n") == 1
 
 
 class Manager:
@@ -115,26 +133,26 @@ def test_run_serves_notifies_systemd_and_stops_on_sigterm(db_url: str, tmp_path:
         token = r.stdout.strip()
         hdr = {"Authorization": f"Bearer {token}"}
         assert httpx.get(f"{base}/v1/admin/tokens", headers=hdr).status_code == 200
-        assert cli("server", "site-add", "--config", str(config), "--site", "fc-plant-1", "--name", "P1"
-                   ).returncode == 0
-        r = cli("server", "device", "add", "--config", str(config), "--device", "gate-cli-01", "--site",
-                "fc-plant-1", "--venue-id", "v-1", "--zone", "A")
+        assert cli_here("server", "site-add", "--config", str(config), "--site", "fc-plant-1", "--name", "P1"
+                        ).returncode == 0
+        r = cli_here("server", "device", "add", "--config", str(config), "--device", "gate-cli-01", "--site",
+                     "fc-plant-1", "--venue-id", "v-1", "--zone", "A")
         assert r.returncode == 0, r.stderr
         code = r.stdout.strip()
         dev = generate_key("device", "cli")
         ans = httpx.post(f"{base}/v1/enroll", json={"code": code, "public_key": dev.public,
                                                     "proof": dev.sign(enroll_text(code, dev.public)).hex()})
         assert ans.status_code == 200 and ans.json()["keyid"] == dev.keyid
-        r = cli("server", "fleet", "--config", str(config), "--json")
+        r = cli_here("server", "fleet", "--config", str(config), "--json")
         assert json.loads(r.stdout)[0]["device_id"] == "gate-cli-01"
-        r = cli("server", "token", "list", "--config", str(config))
+        r = cli_here("server", "token", "list", "--config", str(config))
         assert "ops" in r.stdout and token not in r.stdout
-        r = cli("server", "device", "add", "--config", str(config), "--device", "BAD ID", "--site", "x",
-                "--venue-id", "v", "--zone", "A")
+        r = cli_here("server", "device", "add", "--config", str(config), "--device", "BAD ID", "--site", "x",
+                     "--venue-id", "v", "--zone", "A")
         assert r.returncode == 2
         out = tmp_path / "export.csv"
-        r = cli("server", "export", "--config", str(config), "--site", "fc-plant-1", "--from",
-                "2022-04-12T00:00:00+08:00", "--to", "2022-04-13T00:00:00+08:00", "--out", str(out))
+        r = cli_here("server", "export", "--config", str(config), "--site", "fc-plant-1", "--from",
+                     "2022-04-12T00:00:00+08:00", "--to", "2022-04-13T00:00:00+08:00", "--out", str(out))
         assert r.returncode == 0, r.stderr
         assert out.read_bytes().startswith(b"\xef\xbb\xbfat,clock,site_id") and out.stat().st_mode & 0o777 == 0o600
         proc.send_signal(signal.SIGTERM)

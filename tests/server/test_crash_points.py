@@ -1,7 +1,8 @@
 """Kill -9 of the real server process at its ingest crash points (sync.md §3.2, §6.2).
 
-One gate, one batch, the server killed at ``server.after_verify``, then at
-``server.before_commit`` (nothing may be stored either time), then at
+One gate, one batch, the server killed at ``server.before_commit`` (nothing may
+be stored; ``server.after_verify`` comes earlier, before the transaction, and is
+exercised by the kill -9 harness of tests/crash), then at
 ``server.after_commit_before_response`` (everything stored, the gate never
 heard back); after a plain restart the same batch is a duplicate: the ack is
 the highest contiguous seq durably stored, and nothing is stored twice.
@@ -9,9 +10,8 @@ the highest contiguous seq durably stored, and nothing is stored twice.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ from sync.timefmt import utc_now_ms
 from tests.server.harness import Gate, decision
 from tests.server.test_cli import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -42,14 +41,34 @@ class Remote:
         return utc_now_ms()
 
 
-def start(config: Path, crash: str | None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("CHECKPOINT_CRASHPOINTS", None)
+def _serve(config_text: str, crash: str | None) -> None:
+    """The server process: what ``checkpoint server run`` does, in a child of a preloaded fork server."""
+    import tomllib
+
+    import uvicorn
+
+    from sync import crashpoints
+    from sync.server.app import create_app
+    from sync.server.config import ServerConfig
+    from sync.server.state import open_state
+
     if crash:
-        env["CHECKPOINT_CRASHPOINTS"] = f"{crash}:1"
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "server", "run", "--config", str(config)], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        os.environ["CHECKPOINT_CRASHPOINTS"] = f"{crash}:1"
+    else:
+        os.environ.pop("CHECKPOINT_CRASHPOINTS", None)
+    crashpoints.reload()
+    cfg = ServerConfig.model_validate(tomllib.loads(config_text))
+    uvicorn.run(create_app(open_state(cfg)), host=cfg.listen_host, port=cfg.listen_port, log_level="warning")
+
+
+_CTX = multiprocessing.get_context("forkserver")
+_CTX.set_forkserver_preload(["sync.server.app", "sync.server.state", "uvicorn", "tests.server.test_crash_points"])
+
+
+def start(config: Path, crash: str | None) -> Any:
     text = config.read_text()
+    proc = _CTX.Process(target=_serve, args=(text, crash), daemon=True)
+    proc.start()
     url = text.split('listen = "')[1].split('"')[0]
     key = Path(text.split('data_dir = "')[1].split('"')[0]) / "server.key"
     deadline = time.monotonic() + 60
@@ -60,8 +79,8 @@ def start(config: Path, crash: str | None) -> subprocess.Popen[bytes]:
                 return proc
         except httpx.HTTPError:
             pass
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.2)
+        assert proc.is_alive() and time.monotonic() < deadline, f"server exited {proc.exitcode}"
+        time.sleep(0.1)
 
 
 def test_killed_at_each_crash_point_then_resent(db_url: str, tmp_path: Path) -> None:
@@ -70,7 +89,7 @@ def test_killed_at_each_crash_point_then_resent(db_url: str, tmp_path: Path) -> 
     config.write_text(f'data_dir = "{tmp_path / "data"}"\ndatabase = "{db_url}"\nlisten = "127.0.0.1:{port}"\n'
                       'log_level = "WARNING"\nbackground_jobs = false\n')
     base = f"http://127.0.0.1:{port}"
-    proc = start(config, "server.after_verify")
+    proc = start(config, "server.before_commit")
     procs: list[Any] = [proc]
     try:
         db = Database(db_url)
@@ -101,13 +120,13 @@ def test_killed_at_each_crash_point_then_resent(db_url: str, tmp_path: Path) -> 
                 acked = conn.execute(text("SELECT acked_seq FROM devices")).scalar()
             return int(n or 0), int(acked or 0)
 
-        for point, stored in (("server.after_verify", 0), ("server.before_commit", 0),
-                              ("server.after_commit_before_response", 50)):
-            if point != "server.after_verify":
+        for point, stored in (("server.before_commit", 0), ("server.after_commit_before_response", 50)):
+            if point != "server.before_commit":
                 procs.append(proc := start(config, point))
             with pytest.raises(httpx.TransportError):
                 gate.upload_range(1, 50)
-            assert proc.wait(timeout=30) == -9, point
+            proc.join(30)
+            assert proc.exitcode == -9, point
             assert count() == (stored, stored), point
         procs.append(proc := start(config, None))
         r = gate.upload_range(1, 50)
@@ -118,6 +137,6 @@ def test_killed_at_each_crash_point_then_resent(db_url: str, tmp_path: Path) -> 
         db.dispose()
     finally:
         for p in procs:
-            if p.poll() is None:
+            if p.is_alive():
                 p.terminate()
-                p.wait(30)
+                p.join(30)
