@@ -43,6 +43,7 @@ __all__ = [
     "ALERTS",
     "KINDS",
     "LANES",
+    "PRE_TEXTS",
     "Decision",
     "DecisionInputs",
     "Facts",
