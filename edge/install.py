@@ -22,7 +22,7 @@ step first looks at what is there and either says "already done" or names each c
    only its mode and group are kept right.
 6. The units in ``/etc/systemd/system``, ``daemon-reload``, ``enable`` (gate: gate, sync,
    clock-floor; server: server); running services are restarted after an upgrade.
-7. journald: ``SystemMaxUse=200M``; on a Pi ``RuntimeWatchdogSec=15s`` in ``system.conf.d`` so
+7. journald: ``SystemMaxUse=200M``; on a Pi (either role) ``RuntimeWatchdogSec=15s`` in ``system.conf.d`` so
    the hardware watchdog covers a hung kernel (§4.1).
 
 ``--root DIR`` installs into a directory tree instead of ``/`` (an image being built, tests):
@@ -505,10 +505,11 @@ def step_venv(t: Target) -> Step:
     except (OSError, ValueError):
         stamp = {}
     installed = _venv_query(py, "import importlib.metadata as m; print(m.version('checkpoint'))") if exists else None
-    want_lgpio = t.pi and (not exists or _venv_query(py, "import lgpio") is None)
+    gpio = t.pi and t.role == "gate"  # hardware.md §3.6: lgpio is the factory on a Pi 4/5
+    want_lgpio = gpio and (not exists or _venv_query(py, "import lgpio") is None)
     current = installed == __version__ and stamp.get("digest") == digest
     if t.upgrade or not current or want_lgpio:
-        extra = ("lgpio",) if t.pi else ()
+        extra = ("lgpio",) if gpio else ()
         stamp_doc = {"version": __version__, "source": str(t.source), "digest": digest}
 
         def write_stamp(t: Target, path: Path = stamp_path, doc: dict[str, str] = stamp_doc) -> None:
@@ -755,10 +756,7 @@ def plan_steps(t: Target) -> list[Callable[[Target], Step]]:
     steps += [step_venv, step_config]
     if t.role == "server" and t.postgresql:
         steps.append(step_postgresql)
-    steps += [step_units, step_journald]
-    if t.role == "gate":
-        steps.append(step_watchdog)
-    steps.append(step_restart)
+    steps += [step_units, step_journald, step_watchdog, step_restart]
     return steps
 
 
