@@ -124,6 +124,15 @@ def principal(user: str, groups: tuple[str, ...] = ()) -> Principal | None:
     return Principal(user, pw.pw_uid, frozenset(gids))
 
 
+def group_gid(name: str) -> int | None:
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
 def can(p: Principal, st: os.stat_result, want: str) -> bool:
     """Classic permission bits for ``want`` in "rwx" (ACLs ignored: the units rely on groups)."""
     if p.uid == 0:
@@ -490,10 +499,8 @@ def check_data_dir(f: Facts) -> Check:
     gate, sync = principal(GATE_USER, GATE_GROUPS), principal(SYNC_USER, (GROUP,))
     problems: list[str] = []
     hint = ""
-    if gate is not None and sync is not None:
-        import grp
-
-        gid = grp.getgrnam(GROUP).gr_gid
+    gid = group_gid(GROUP)
+    if gate is not None and sync is not None and gid is not None:
         if st.st_gid != gid or (st.st_mode & 0o2770) != 0o2770:
             problems.append(f"{_describe(d, st)} (want drwxrws--- root:{GROUP})")
             hint = f"chgrp {GROUP} {d} && chmod 2770 {d}"
@@ -509,8 +516,9 @@ def check_data_dir(f: Facts) -> Check:
             need = "r" if mine or entry.parent != d else "rw"
             if stat.S_ISDIR(est.st_mode):
                 need += "x"
+            # identity/ is the agent's; the gate reads identity.json (pid_key), never device.key.
             who = sync if mine else gate
-            others = () if mine else (sync,)
+            others = ((gate,) if entry.name != "device.key" else ()) if mine else (sync,)
             if not can(who, est, need) or any(not can(o, est, need) for o in others):
                 bad.append(_describe(entry, est))
         if bad:

@@ -251,3 +251,42 @@ def test_permission_rule():
     assert can(gate, st, "r") and not can(gate, st, "w") and not can(other, st, "r")
     key = os.stat_result((0o100600, 0, 0, 1, 997, 1000, 0, 0, 0, 0))
     assert not can(gate, key, "r") and can(Principal("checkpoint-sync", 997, frozenset({1000})), key, "rw")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to other users")
+def test_data_dir_ownership_as_the_services_see_it(tmp_path, monkeypatch):
+    """Files made by hand as root (umask 022) lock the gate out of its own store: a failure."""
+    import edge.doctor as d
+    from edge.config import GateConfig
+
+    gid = 4242
+    people = {"checkpoint-gate": Principal("checkpoint-gate", 998, frozenset({gid})),
+              "checkpoint-sync": Principal("checkpoint-sync", 997, frozenset({gid}))}
+    monkeypatch.setattr(d, "principal", lambda user, groups=(): people.get(user))
+    monkeypatch.setattr(d, "group_gid", lambda name: gid)
+    data = tmp_path / "data"
+    (data / "identity").mkdir(parents=True)
+    cfg = GateConfig.model_validate({"gate": {"data_dir": str(data)}})
+
+    def row() -> d.Check:
+        return d.check_data_dir(d.Facts(cfg, None, DoctorEnv()))
+
+    assert row().status == "fail" and "want drwxrws--- root:checkpoint" in row().detail
+    os.chown(data, 0, gid)
+    data.chmod(0o2770)
+    os.chown(data / "identity", 997, gid)
+    (data / "identity").chmod(0o750)
+    for name, mode, uid in (("events.db", 0o660, 998), ("identity/identity.json", 0o640, 997),
+                            ("identity/device.key", 0o600, 997)):
+        (data / name).write_bytes(b"x")
+        os.chown(data / name, uid, gid)
+        (data / name).chmod(mode)
+    assert row().status == "ok", row()
+    (data / "state.db").write_bytes(b"x")                      # made by root with umask 022
+    os.chown(data / "state.db", 0, gid)
+    (data / "state.db").chmod(0o644)
+    r = row()
+    assert r.status == "fail" and "state.db -rw-r--r--" in r.detail and "chmod -R g+rwX" in r.hint
+    (data / "state.db").chmod(0o660)
+    (data / "identity/identity.json").chmod(0o600)              # the gate needs pid_key from it
+    assert row().status == "fail" and "identity.json" in row().detail
