@@ -397,15 +397,23 @@ class GateApp:
         self._stop_reason = reason
         self._stop.set()
 
-    def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop the loop cleanly (main thread only)."""
+    def install_signal_handlers(self) -> Callable[[], None]:
+        """SIGTERM/SIGINT stop the loop cleanly (main thread only); returns a function that restores
+        the previous handlers."""
 
         def handler(signum: int, _frame: Any) -> None:
             self.notifier.send("STOPPING=1")
             self.request_stop("signal")
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        for s in previous:
+            signal.signal(s, handler)
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        return restore
 
     def run(self) -> int:
         """Start, run the decision loop until stopped, stop. Returns the process exit code.

@@ -31,8 +31,11 @@ def run(ctx: click.Context, config_path: str | None, print_decisions: bool) -> N
     setup_logging(cli_level or cfg.log.level, cfg.log.format)
     on_decision = (lambda _view, line: click.echo(line)) if print_decisions else None
     app = GateApp(cfg, on_decision=on_decision)
-    app.install_signal_handlers()
-    code = app.run()
+    restore = app.install_signal_handlers()
+    try:
+        code = app.run()
+    finally:
+        restore()
     if code:
         raise click.exceptions.Exit(code)
 

@@ -95,21 +95,27 @@ def test_loop_fault_exits_non_zero(tmp_path, gate_dir):
     assert (gate_dir / "edge.running").exists()                 # the next start reports unclean
 
 
-def test_missing_data_dir_is_one_line_exit_1(tmp_path):
+def run_in_process(capsys, *args: str) -> tuple[int, str]:
+    """The CLI's own exit-code mapping, without a process start (these fail before the loop runs)."""
+    from edge.cli import main
+
+    code = main(["gate", "run", *args])
+    return code, capsys.readouterr().err
+
+
+def test_missing_data_dir_is_one_line_exit_1(tmp_path, capsys):
     toml = write_config(tmp_path, tmp_path / "nope" / "data")
     (tmp_path / "nope" / "data" / "camera").rmdir()
     (tmp_path / "nope" / "data").rmdir()
-    proc = start(toml)
-    assert proc.wait(30) == 1
-    err = proc.stderr.read() if proc.stderr else ""
+    code, err = run_in_process(capsys, "--config", str(toml))
+    assert code == 1
     assert "does not exist" in err and "Traceback" not in err
 
 
-def test_lan_console_without_tls_is_a_config_error(tmp_path, gate_dir):
+def test_lan_console_without_tls_is_a_config_error(tmp_path, gate_dir, capsys):
     toml = write_config(tmp_path, gate_dir, listen="0.0.0.0:0")
-    proc = start(toml)
-    assert proc.wait(30) == 78
-    assert "tls_cert_file" in (proc.stderr.read() if proc.stderr else "")
+    code, err = run_in_process(capsys, "--config", str(toml))
+    assert code == 78 and "tls_cert_file" in err
 
 
 def test_ready_and_watchdog_pings_then_hang_stops_them(tmp_path, gate_dir):
@@ -149,10 +155,9 @@ def test_safe_state_command(tmp_path, gate_dir):
 
 
 @pytest.mark.parametrize("content", ["[gate\nlane = ", "[gate]\nlane = \"diagonal\"\n", "x" * 100_000])
-def test_garbage_config_is_exit_78(tmp_path, content):
+def test_garbage_config_is_exit_78(tmp_path, content, capsys):
     toml = tmp_path / "gate.toml"
     toml.write_text(content)
-    proc = start(toml)
-    assert proc.wait(30) == 78
-    err = proc.stderr.read() if proc.stderr else ""
+    code, err = run_in_process(capsys, "--config", str(toml))
+    assert code == 78
     assert "configuration error" in err and "Traceback" not in err
