@@ -28,6 +28,7 @@ from sqlalchemy import Connection, and_, select, update
 
 from sync.server import tables as t
 from sync.server.db import insert_ignore
+from sync.server.derive import lst, obj
 from sync.timefmt import format_ms
 
 __all__ = [
@@ -82,8 +83,7 @@ def _centi(v: Any) -> str:
 
 
 def _subject_name(payload: Mapping[str, Any]) -> str:
-    subj = payload.get("subject")
-    name = subj.get("name_m") if isinstance(subj, dict) else None
+    name = obj(payload.get("subject")).get("name_m")
     return str(name)[:32] if isinstance(name, str) and name else ""
 
 
@@ -99,11 +99,11 @@ def alerts_for_event(event: Mapping[str, Any], ev_hash: str) -> list[NewAlert]:
     """The event alerts of one stored event (§5.5). Unknown kinds and odd payloads raise nothing
     but ``pii_unmasked`` checks; a payload problem never rejects a batch (§1.5)."""
     kind = event.get("kind")
-    payload = event.get("payload") if isinstance(event.get("payload"), dict) else {}
-    at = event.get("at") if isinstance(event.get("at"), dict) else {}
+    payload = obj(event.get("payload"))
+    at = obj(event.get("at"))
     seq = event.get("seq")
     src = {"seq": seq, "at": at.get("wall"), "clock": at.get("clock")}
-    venue = payload.get("venue") if isinstance(payload.get("venue"), dict) else None
+    venue = obj(payload.get("venue")) or None
     out: list[NewAlert] = []
 
     def add(akind: str, severity: str, summary: str, **detail: Any) -> None:
@@ -114,7 +114,7 @@ def alerts_for_event(event: Mapping[str, Any], ev_hash: str) -> list[NewAlert]:
     if kind == "temp_alert":
         cause = payload.get("cause")
         if cause == "fever":
-            op = payload.get("observation_point") if isinstance(payload.get("observation_point"), dict) else {}
+            op = obj(payload.get("observation_point"))
             zh, en = str(op.get("zh") or "")[:100], str(op.get("en") or "")[:100]
             text = f"{_centi(payload.get('body_centi_c'))} {name}".strip()
             where = f"，留观点：{zh} / observation point: {en}" if (zh or en) else ""
@@ -122,13 +122,13 @@ def alerts_for_event(event: Mapping[str, Any], ev_hash: str) -> list[NewAlert]:
         elif cause == "sensor_fault":
             add("sensor_fault", "warning", "测温故障 / thermometer fault")
     elif kind == "sentinel_alert":
-        flags = payload.get("flags") if isinstance(payload.get("flags"), list) else []
+        flags = lst(payload.get("flags"))
         shown = ", ".join(str(f)[:32] for f in flags[:5])
         add("sentinel", "high", f"电子哨预警 / sentinel alert: {shown} {name}".strip())
     elif kind == "decision":
         level = payload.get("alert")
         if level in ("upstream", "urgent"):
-            reasons = payload.get("reasons") if isinstance(payload.get("reasons"), list) else []
+            reasons = lst(payload.get("reasons"))
             shown = ", ".join(str(r)[:40] for r in reasons[:3])
             add("decision_alert", "critical" if level == "urgent" else "high",
                 f"{payload.get('outcome', '?')} ({shown}) {name}".strip(), alert=level)

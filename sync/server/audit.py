@@ -26,7 +26,7 @@ from sqlalchemy import Connection, and_, func, or_, select, tuple_
 from sync.events import pid as make_pid
 from sync.server import tables as t
 from sync.server.alerts import DIGIT_RUN
-from sync.server.derive import zone
+from sync.server.derive import lst, obj, zone
 from sync.server.errors import ApiError
 from sync.timefmt import format_ms, to_ms
 
@@ -97,8 +97,8 @@ def _page(conn: Connection, cols: list[Any], where: Any, limit: int, cursor: str
     cond = [where]
     if after is not None:
         cond.append(tuple_(_E.at_ms, _E.device_id, _E.seq) > tuple_(*after))
-    rows = conn.execute(select(*cols).where(and_(*cond)).order_by(_E.at_ms, _E.device_id, _E.seq)
-                        .limit(limit + 1)).all()
+    rows = list(conn.execute(select(*cols).where(and_(*cond)).order_by(_E.at_ms, _E.device_id, _E.seq)
+                             .limit(limit + 1)).all())
     more = len(rows) > limit
     rows = rows[:limit]
     nxt = encode_cursor(rows[-1].at_ms, rows[-1].device_id, rows[-1].seq) if more else None
@@ -303,12 +303,12 @@ def export_csv(conn: Connection, q: ExportQuery, *, chunk: int = 1000) -> Iterat
             tz = zone(tz_of.get(r.site_id) or "Asia/Shanghai")
             at = datetime.fromtimestamp(r.at_ms / 1000, tz).isoformat(timespec="milliseconds")
             try:
-                payload = json.loads(r.body).get("payload") or {}
-            except (ValueError, AttributeError):
+                payload = obj(obj(json.loads(r.body)).get("payload"))
+            except ValueError:
                 payload = {}
-            reasons = payload.get("reasons") if isinstance(payload.get("reasons"), list) else []
-            note = payload.get("note") if isinstance(payload.get("note"), str) else ""
-            note = DIGIT_RUN.sub(lambda mm: "*" * len(mm.group(0)), note)
+            reasons = lst(payload.get("reasons"))
+            raw_note = payload.get("note")
+            note = DIGIT_RUN.sub(lambda mm: "*" * len(mm.group(0)), raw_note if isinstance(raw_note, str) else "")
             row = [at, r.clock, r.site_id, r.venue_id, r.zone, r.door, r.device_id, r.seq, r.kind, r.result,
                    mask_name(r.name_m) if r.name_m else "", r.role, r.firm_id, _temp(r.temp_centi_c),
                    ";".join(str(x) for x in reasons), note]

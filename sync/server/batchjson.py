@@ -114,7 +114,7 @@ def canonical_bytes(value: Any) -> bytes:
     """``sync.canonical.canonical(value)``, faster (see the module docstring)."""
     _check(value, 0)
     try:
-        return _encoder.encode(value).encode("utf-8")  # type: ignore[no-any-return]
+        return _encoder.encode(value).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise CanonicalError("lone surrogate in string") from exc
     except ValueError as exc:  # e.g. a circular reference

@@ -82,7 +82,7 @@ class ServerConfig(ConfigModel):
     background_jobs: bool = Field(True, description="Run the webhook worker and the hourly jobs in this process.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "logfmt"] = "json"
-    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    rate_limit: RateLimitConfig = Field(default_factory=lambda: RateLimitConfig.model_validate({}))
 
     @field_validator("trusted_proxies", "metrics_allow")
     @classmethod

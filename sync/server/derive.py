@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sync.errors import TimeFormatError
 from sync.timefmt import to_ms
 
-__all__ = ["derived_columns", "local_day", "zone"]
+__all__ = ["derived_columns", "local_day", "lst", "obj", "zone"]
 
 _INT32 = 2**31 - 1
 _RESULT_FIELD = {
@@ -84,6 +84,15 @@ def wall_ms(text: Any) -> int | None:
     return day + ((hh * 60 + mm) * 60 + ss) * 1000 + int(m.group(5))
 
 
+def obj(v: Any) -> dict[str, Any]:
+    """``v`` if it is a JSON object, else an empty one (payloads are checked only as far as needed)."""
+    return v if isinstance(v, dict) else {}
+
+
+def lst(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
 def _s(v: Any, n: int) -> str | None:
     return v[:n] if isinstance(v, str) else None
 
@@ -106,17 +115,15 @@ def derived_columns(event: Mapping[str, Any], *, site_id: str | None, tz: str, d
                     received_ms: int) -> dict[str, Any]:
     """Everything but ``device_id``, ``seq``, hashes and body for one ``events`` row."""
     kind = str(event.get("kind"))
-    at = event.get("at") if isinstance(event.get("at"), dict) else {}
-    payload = event.get("payload") if isinstance(event.get("payload"), dict) else {}
+    at = obj(event.get("at"))
+    payload = obj(event.get("payload"))
     at_ms = wall_ms(at.get("wall"))
     clock = at.get("clock")
-    venue = payload.get("venue")
-    if not isinstance(venue, dict):
-        venue = device_venue
-    subj = payload.get("subject") if isinstance(payload.get("subject"), dict) else {}
+    venue: Mapping[str, Any] = obj(payload.get("venue")) or device_venue
+    subj = obj(payload.get("subject"))
     temp = _i(payload.get("body_centi_c"))
-    if temp is None and isinstance(payload.get("temp"), dict):
-        temp = _i(payload["temp"].get("body_centi_c"))
+    if temp is None:
+        temp = _i(obj(payload.get("temp")).get("body_centi_c"))
     return {
         "kind": kind,
         "at_ms": at_ms,

@@ -134,7 +134,7 @@ def _check_event(ev: Any, device_id: str, pos_seq: int | None) -> Item:
         raise BadBatch(f"event of {len(body)} canonical bytes exceeds {MAX_EVENT_BYTES}", seq)
     if hash_body(body) != ev["hash"]:
         raise BadBatch("hash mismatch", seq)
-    return Item(seq=seq, prev_hash=ev["prev_hash"], hash=ev["hash"], body=body.decode("utf-8"), event=ev)
+    return Item(seq=ev["seq"], prev_hash=ev["prev_hash"], hash=ev["hash"], body=body.decode("utf-8"), event=ev)
 
 
 def parse_batch(body: bytes, device_id: str, public_key: str, *, max_events: int, max_json_bytes: int) -> Batch:
@@ -305,9 +305,8 @@ def _ingest_tx(conn: Connection, st: Any, req: DeviceRequest, batch: Batch, now:
     new = [e for e in batch.events if e.seq > c]
     conflict: tuple[int, str] | None = None
     if old:
-        rows = conn.execute(select(t.events.c.seq, t.events.c.hash).where(
-            t.events.c.device_id == device_id, t.events.c.seq >= old[0].seq, t.events.c.seq <= old[-1].seq)).all()
-        stored = {int(r.seq): r.hash for r in rows}
+        stored = {int(r.seq): r.hash for r in conn.execute(select(t.events.c.seq, t.events.c.hash).where(
+            t.events.c.device_id == device_id, t.events.c.seq >= old[0].seq, t.events.c.seq <= old[-1].seq))}
         for e in old:
             got = stored.get(e.seq)
             if got is not None and got != e.hash:
@@ -361,7 +360,7 @@ def _ingest_tx(conn: Connection, st: Any, req: DeviceRequest, batch: Batch, now:
     if new:
         tz = _site_tz(conn, dev.site_id, st.config.site_tz)
         venue = {"venue_id": dev.venue_id, "zone": dev.zone, "door": dev.door}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for e in new:
             cols = derived_columns(e.event, site_id=dev.site_id, tz=tz, device_venue=venue, received_ms=now)
             cols.update(device_id=device_id, seq=e.seq, prev_hash=e.prev_hash, hash=e.hash, body=e.body)

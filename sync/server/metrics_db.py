@@ -46,7 +46,7 @@ def fleet_gauges(st: Any) -> list[Metric]:
         open_alerts = conn.execute(select(a.severity, func.count()).where(a.status == "open")
                                    .group_by(a.severity)).all()
         pending = conn.execute(select(func.count()).where(t.alert_deliveries.c.status == "pending")).scalar() or 0
-    out = [
+    out: list[Metric] = [
         gauge("checkpoint_devices", "Devices by health.", ["health"], [([k], v) for k, v in health.items()]),
         gauge("checkpoint_devices_clock", "Active devices by clock state.", ["state"],
               [([k], v) for k, v in clocks.items()]),

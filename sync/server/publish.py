@@ -290,8 +290,9 @@ def publish_bundle_tar(st: Any, data: bytes, by: str | None) -> dict[str, Any]:
         report = verify_bundle(manifest, read_part, keys=keys, now_ms=now, site=ANY_SITE, previous=previous)
         if not report.ok or report.manifest is None:
             status = 409 if report.reason in ("rollback", "version_reuse", "fork") else 422
-            extra = {"current_version": current.version} if status == 409 and current is not None else {}
-            raise ApiError(status, report.reason or "malformed", report.detail, **extra)
+            if status == 409 and current is not None:
+                raise ApiError(status, report.reason or "malformed", report.detail, current_version=current.version)
+            raise ApiError(status, report.reason or "malformed", report.detail)
         _store(conn, report.manifest, report.part_bytes, now, by)
     return {"id": report.manifest.id, "version": report.manifest.version, "server_time": format_ms(now)}
 

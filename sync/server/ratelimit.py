@@ -31,7 +31,7 @@ class _Bucket:
 
 class RateLimiter:
     def __init__(self, config: RateLimitConfig | None = None, *, monotonic: Callable[[], float] = time.monotonic):
-        self.config = config or RateLimitConfig()
+        self.config = config or RateLimitConfig.model_validate({})
         self._now = monotonic
         self._lock = threading.Lock()
         self._buckets: dict[tuple[str, str], _Bucket] = {}

@@ -34,4 +34,4 @@ def create_token(conn: Connection, *, role: str, name: str, now_ms: int, expires
     expires = now_ms + expires_days * 86_400_000 if expires_days else None
     res = conn.execute(t.api_tokens.insert().values(
         name=name, role=role, token_hash=hash_token(token), prefix=token[:8], created_ms=now_ms, expires_ms=expires))
-    return token, int(res.inserted_primary_key[0])
+    return token, int(res.inserted_primary_key[0])  # type: ignore[index]

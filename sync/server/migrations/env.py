@@ -18,7 +18,7 @@ config = context.config
 
 def run_migrations_online() -> None:
     database = config.attributes.get("database")
-    engine = database.engine if database is not None else create_engine(config.get_main_option("sqlalchemy.url"))
+    engine = database.engine if database is not None else create_engine(config.get_main_option("sqlalchemy.url") or "")
     with engine.connect() as connection:
         context.configure(
             connection=connection,

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require("admin"))])
 DeviceId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{2,62}$")]
-_ERR = {c: {"model": m.ErrorBody} for c in (401, 403, 404, 409, 422, 429)}
+_ERR: dict[int | str, dict[str, Any]] = {c: {"model": m.ErrorBody} for c in (401, 403, 404, 409, 422, 429)}
 
 
 def _created(body: dict[str, Any]) -> JSONResponse:
@@ -134,7 +134,7 @@ def list_tokens(st: State) -> list[dict[str, Any]]:
 
 
 @router.delete("/tokens/{token_id}", status_code=204, responses=_ERR, summary="Revoke a token")
-def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**53)], st: State) -> JSONResponse:
+def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**53)], st: State) -> Response:
     with st.db.write() as conn:
         res = conn.execute(update(t.api_tokens).where(t.api_tokens.c.id == token_id,
                                                       t.api_tokens.c.revoked_ms.is_(None))
@@ -172,7 +172,7 @@ def list_webhooks(st: State) -> list[dict[str, Any]]:
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204, responses=_ERR, summary="Remove a webhook")
-def delete_webhook(webhook_id: Annotated[int, Path(ge=1, le=2**53)], st: State) -> JSONResponse:
+def delete_webhook(webhook_id: Annotated[int, Path(ge=1, le=2**53)], st: State) -> Response:
     with st.db.write() as conn:
         conn.execute(delete(t.alert_deliveries).where(t.alert_deliveries.c.webhook_id == webhook_id))
         res = conn.execute(delete(t.webhooks).where(t.webhooks.c.id == webhook_id))

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["audit"], dependencies=[Depends(require("auditor"))])
 heavy = APIRouter(tags=["audit"], dependencies=[Depends(require("auditor", heavy=True))])
-_ERR = {c: {"model": m.ErrorBody} for c in (401, 403, 404, 422, 429)}
+_ERR: dict[int | str, dict[str, Any]] = {c: {"model": m.ErrorBody} for c in (401, 403, 404, 422, 429)}
 IdQ = Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9-]{2,62}$")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 

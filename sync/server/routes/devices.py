@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from sync.events import valid_device_id
@@ -64,7 +65,7 @@ def _inline(schema: Any, defs: dict[str, Any]) -> Any:
     return schema
 
 
-def _body_doc(model: type[m.In]) -> dict[str, Any]:
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     return {**_signed_headers(), "requestBody": {"required": True, "content": {
         "application/json": {"schema": _inline(schema, schema.get("$defs", {}))}}}}

@@ -21,7 +21,7 @@ from sync.server.publish import publish_bundle_tar, publish_mode, publish_source
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/admin", tags=["publishing"], dependencies=[Depends(require("admin"))])
-_ERR = {c: {"model": m.ErrorBody} for c in (401, 403, 409, 413, 422, 429)}
+_ERR: dict[int | str, dict[str, Any]] = {c: {"model": m.ErrorBody} for c in (401, 403, 409, 413, 422, 429)}
 KEYS_MAX = 65_536
 
 
