@@ -200,7 +200,10 @@ def create_app(
             "reasons": backend.override_reasons(),
         }
         html = templates.get_template("index.html").render(
-            csrf=token, boot=json.dumps(boot, ensure_ascii=False).replace("</", "<\\/")
+            csrf=token,
+            # inside <script type="application/json">: no "<", ">" or "&" may appear literally
+            boot=json.dumps(boot, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("&", "\\u0026"),
         )
         resp = HTMLResponse(html, headers={"Cache-Control": "no-store"})
         resp.set_cookie(

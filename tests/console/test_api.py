@@ -394,3 +394,15 @@ def test_tls_console_sets_secure_cookie(tmp_path):
         assert r.status_code == 200 and "secure" in r.headers["set-cookie"].lower()
     finally:
         server.stop()
+
+
+def test_account_names_cannot_break_out_of_the_page(console, client: httpx.Client):
+    from tests.console.helpers import pin_hash as h
+
+    _, backend = console
+    backend._accounts = Accounts.from_settings({"accounts": [
+        {"id": "evil", "name": "</script><img src=x>&", "role": "guard", "pin": h("123456")}]})
+    text = client.get("/").text
+    assert "<img src=x>" not in text and "</script><img" not in text
+    boot = text.split('<script type="application/json" id="boot">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(boot)["accounts"][0]["name"] == "</script><img src=x>&"
