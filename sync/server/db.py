@@ -194,6 +194,8 @@ class Database:
             log.info("schema created version=%d", t.SCHEMA_VERSION)
             return "created"
         before = self.alembic_revision()
+        if before == t.HEAD_REVISION:
+            return "current"  # the common start: no need to load the migration scripts
         self._alembic("upgrade")
         after = self.alembic_revision()
         return "current" if before == after else "upgraded"

@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "HEAD_REVISION",
     "SCHEMA_VERSION",
     "alert_deliveries",
     "alerts",
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+HEAD_REVISION = "0001"  # the newest Alembic revision in sync/server/migrations/versions (a test checks it)
 
 # Constraint names are fixed so that Alembic migrations can refer to them on both dialects.
 metadata = MetaData(

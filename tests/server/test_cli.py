@@ -192,14 +192,22 @@ def test_schema_is_created_once_and_matches_the_tables(db_url: str) -> None:
     from alembic.runtime.migration import MigrationContext
 
     from sync.server.db import Database
-    from sync.server.tables import SCHEMA_VERSION, metadata
+    from sync.server.tables import HEAD_REVISION, SCHEMA_VERSION, metadata
 
     db = Database(db_url)
     try:
         first = db.create_schema()
         assert first in ("created", "current")  # PostgreSQL: created once per test run (tests/pg.py)
         assert db.create_schema() == "current"
-        assert db.schema_version() == SCHEMA_VERSION and db.alembic_revision() == "0001"
+        assert db.schema_version() == SCHEMA_VERSION and db.alembic_revision() == HEAD_REVISION
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        from sync.server.db import ALEMBIC_DIR
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+        assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD_REVISION
         with db.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
         assert diff == [], diff
