@@ -53,6 +53,7 @@ HOST_FIRM = "F0012"
 CARRIER = "F0088"
 OTHER_FIRM = "F0999"
 IMAGE_SIZE = (640, 480)
+DEMO_MARKER = ".checkpoint-demo"
 
 
 @dataclass(frozen=True)
@@ -614,7 +615,17 @@ def demo(duration: float | None, data_dir: Path | None, port: int, hold_s: float
     setup_logging((ctx.find_root().obj or {}).get("log_level") or "ERROR", "logfmt")
     own_tmp = data_dir is None
     base = Path(tempfile.mkdtemp(prefix="checkpoint-demo-")) if data_dir is None else data_dir
+    if data_dir is not None and base.exists() and any(base.iterdir()):
+        # a demo makes new keys each run: an earlier run's state would not match them
+        if not (base / DEMO_MARKER).exists():
+            raise click.UsageError(f"{base} is not empty and holds no earlier demo; choose another --data-dir")
+        for child in base.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     base.mkdir(parents=True, exist_ok=True)
+    (base / DEMO_MARKER).write_text("checkpoint demo data; removed by the next 'checkpoint demo' run here\n")
     stop = threading.Event()
     gates: list[_Gate] = []
     upstream: Upstream | None = None
