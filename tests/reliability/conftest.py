@@ -1,0 +1,15 @@
+"""Reliability tests: PostgreSQL fixtures; figures are printed at the end of the run (``tests.crash.figures``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.crash import figures
+from tests.pg import db_url, pg_url  # noqa: F401  (fixtures)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    figures.summary(terminalreporter)
