@@ -37,7 +37,7 @@ class RateLimiter:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._blocked: dict[str, float] = {}
 
-    def _take(self, name: str, key: str, per_min: int, burst: int) -> float:
+    def _take(self, name: str, key: str, per_min: float, burst: int) -> float:
         """Take one token; 0.0 when granted, else seconds until the next token."""
         now = self._now()
         rate = per_min / 60.0
@@ -54,16 +54,40 @@ class RateLimiter:
                 return 0.0
             return (1.0 - b.tokens) / rate
 
-    def check(self, name: str, key: str, per_min: int, burst: int | None = None) -> None:
+    def _left(self, name: str, key: str, per_min: float, burst: int) -> float:
+        """Tokens in the bucket now, without taking one."""
+        now = self._now()
+        with self._lock:
+            b = self._buckets.get((name, key))
+            if b is None:
+                return float(burst)
+            return min(float(burst), b.tokens + (now - b.stamp) * per_min / 60.0)
+
+    def ensure(self, name: str, key: str, per_min: float, burst: int | None = None) -> None:
+        """Raise ``429`` if the bucket is empty, without taking a token (a limit on failures, checked first)."""
+        if not self.config.enabled:
+            return
+        b = max(1, int(per_min)) if burst is None else burst
+        left = self._left(name, key, per_min, b)
+        if left < 1.0:
+            wait = (1.0 - left) / (per_min / 60.0)
+            raise ApiError(429, "rate_limited", f"too many requests ({name})",
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+    def check(self, name: str, key: str, per_min: float, burst: int | None = None) -> None:
         """Raise ``429 rate_limited`` when the bucket ``(name, key)`` is empty."""
         if not self.config.enabled:
             return
-        wait = self._take(name, key, per_min, per_min if burst is None else burst)
+        wait = self._take(name, key, per_min, max(1, int(per_min)) if burst is None else burst)
         if wait > 0:
             raise ApiError(429, "rate_limited", f"too many requests ({name})",
                            headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
     # -- failed authentication per client IP ------------------------------------------------
+
+    def check_hourly(self, name: str, key: str, per_hour: int, *, peek: bool = False) -> None:
+        """An hourly bucket (burst = the hourly allowance, refilled evenly over the hour)."""
+        (self.ensure if peek else self.check)(name, key, per_hour / 60.0, per_hour)
 
     def check_blocked(self, ip: str) -> None:
         if not self.config.enabled:

@@ -114,7 +114,7 @@ def test_device_request_checks_in_the_order_of_the_spec(server: ServerHarness) -
 
 def test_rate_limits_answer_429_with_retry_after(db_url: str, tmp_path: Path) -> None:
     limits = RateLimitConfig(device_per_min=60, device_burst=3, failed_auth_per_min=5, failed_auth_block_s=600,
-                             auditor_per_min=4, enroll_per_hour=3)
+                             auditor_per_min=4, enroll_per_hour=30, enroll_failed_per_hour=3)
     h = ServerHarness(db_url, tmp_path, rate_limit=limits)
     try:
         gate = h.gate()
@@ -131,6 +131,23 @@ def test_rate_limits_answer_429_with_retry_after(db_url: str, tmp_path: Path) ->
                  for _ in range(7)]
         assert codes[:5] == [401] * 5 and 429 in codes
         assert h.admin("GET", "/v1/admin/tokens").status_code == 429
+    finally:
+        h.close()
+
+
+def test_enrolment_codes_cannot_be_guessed_past_the_limit(db_url: str, tmp_path: Path) -> None:
+    h = ServerHarness(db_url, tmp_path, rate_limit=RateLimitConfig(enroll_failed_per_hour=3, enroll_per_hour=5))
+    try:
+        code = h.add_device("gate-fc-0007")
+        key = generate_key("device", "k")
+        assert [h.enroll(new_code(), key).status_code for _ in range(4)] == [403, 403, 403, 429]
+        r = h.enroll(code, key)  # the right code, after the failures: still refused for now
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) > 60
+        h2 = ServerHarness(db_url, tmp_path / "b", rate_limit=RateLimitConfig(enroll_per_hour=2))
+        try:
+            assert [h2.enroll(new_code(), key).status_code for _ in range(3)] == [403, 403, 429]
+        finally:
+            h2.close()
     finally:
         h.close()
 

@@ -21,10 +21,12 @@ def post_enroll(body: m.EnrollRequest, request: Request, st: State) -> dict[str,
     ip = client_ip(request, st)
     rl = st.config.rate_limit
     st.limiter.check_blocked(ip)
-    st.limiter.check("enroll", ip, rl.enroll_per_hour)
+    # 10 failed codes an hour: once spent, even a right code waits (no guessing past the limit).
+    st.limiter.check_hourly("enroll_failed", ip, rl.enroll_failed_per_hour, peek=True)
+    st.limiter.check_hourly("enroll", ip, rl.enroll_per_hour)
     try:
         return enroll(st, code=body.code, public_key=body.public_key, proof=body.proof, software=body.software)
     except ApiError as exc:
         if exc.code in ("invalid_code", "bad_proof"):
-            st.limiter.check("enroll_failed", ip, rl.enroll_failed_per_hour)
+            st.limiter.check_hourly("enroll_failed", ip, rl.enroll_failed_per_hour)
         raise
