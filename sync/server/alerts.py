@@ -165,20 +165,42 @@ def alerts_for_event(event: Mapping[str, Any], ev_hash: str) -> list[NewAlert]:
 
 # -- writing -----------------------------------------------------------------------------------------------
 
+_STATEMENTS: dict[tuple[str, bool], Any] = {}
+
+
+def _alert_insert(conn: Connection, unique: bool) -> Any:
+    """The insert statement, built once per dialect (building ``.values(...)`` per alert costs more than the insert)."""
+    key = (conn.dialect.name, unique)
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        base = insert_ignore(conn, t.alerts) if unique else t.alerts.insert()
+        stmt = _STATEMENTS[key] = base.returning(t.alerts.c.id)
+    return stmt
+
+
+def _hooks(conn: Connection) -> list[tuple[int, frozenset[str], str]]:
+    """Enabled webhooks, read once per transaction (kept in the connection's info until it commits)."""
+    cached = conn.info.get("ck_hooks")
+    if cached is not None and cached[0] is conn.get_transaction():
+        return cached[1]  # type: ignore[no-any-return]
+    rows = conn.execute(select(t.webhooks.c.id, t.webhooks.c.kinds, t.webhooks.c.min_severity)
+                        .where(t.webhooks.c.enabled.is_(True))).all()
+    hooks = [(int(r.id), frozenset(json.loads(r.kinds or "[]")), str(r.min_severity)) for r in rows]
+    conn.info["ck_hooks"] = (conn.get_transaction(), hooks)
+    return hooks
+
+
 def raise_alert(conn: Connection, st: Any, device: DeviceInfo, alert: NewAlert, now_ms: int) -> int | None:
     """Insert an alert and its webhook deliveries; returns its id, or None if it already existed."""
     values = dict(
         created_ms=now_ms, kind=alert.kind, severity=alert.severity, device_id=device.device_id,
         site_id=device.site_id, seq=alert.seq, event_hash=alert.event_hash, provisional=alert.provisional,
-        summary=alert.summary, body=alert.body(), status="open",
+        summary=alert.summary, body=alert.body(), status="open", acked_by=None, acked_ms=None, resolved_ms=None,
     )
-    if alert.seq is not None:
-        row = conn.execute(insert_ignore(conn, t.alerts).values(**values).returning(t.alerts.c.id)).first()
-        if row is None:
-            return None
-        alert_id = int(row[0])
-    else:
-        alert_id = int(conn.execute(t.alerts.insert().values(**values).returning(t.alerts.c.id)).scalar_one())
+    row = conn.execute(_alert_insert(conn, alert.seq is not None), values).first()
+    if row is None:
+        return None
+    alert_id = int(row[0])
     st.metrics.alerts.labels(alert.kind, alert.severity).inc()
     _queue_deliveries(conn, alert_id, alert.kind, alert.severity, now_ms)
     log.info("alert id=%d kind=%s severity=%s device=%s seq=%s", alert_id, alert.kind, alert.severity,
@@ -187,14 +209,10 @@ def raise_alert(conn: Connection, st: Any, device: DeviceInfo, alert: NewAlert, 
 
 
 def _queue_deliveries(conn: Connection, alert_id: int, kind: str, severity: str, now_ms: int) -> None:
-    hooks = conn.execute(select(t.webhooks.c.id, t.webhooks.c.kinds, t.webhooks.c.min_severity)
-                         .where(t.webhooks.c.enabled.is_(True))).all()
-    rows = []
-    for h in hooks:
-        kinds = json.loads(h.kinds or "[]")
-        if (not kinds or kind in kinds) and severity_at_least(severity, h.min_severity):
-            rows.append(dict(alert_id=alert_id, webhook_id=h.id, status="pending", attempts=0,
-                             created_ms=now_ms, next_attempt_ms=now_ms))
+    rows = [dict(alert_id=alert_id, webhook_id=hid, status="pending", attempts=0, created_ms=now_ms,
+                 next_attempt_ms=now_ms)
+            for hid, kinds, minimum in _hooks(conn)
+            if (not kinds or kind in kinds) and severity_at_least(severity, minimum)]
     if rows:
         conn.execute(t.alert_deliveries.insert(), rows)
 
