@@ -191,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         if target not in plan:
             break
         rotation = plan[target]["keys_version"] > plan[max(current, 1)]["keys_version"]
-        points = POINTS if rotation else [p for p in POINTS if not p.startswith("bundle.k6")]
+        k6 = [p for p in POINTS if p.startswith("bundle.k6")]
+        points = ([*k6, *k6, *POINTS] if rotation  # K is short: aim at it more often when there is one
+                  else [p for p in POINTS if p not in k6])
         point = rng.choice(points) if run % 2 == 0 and run > 0 else None
+        if rotation and run > 0 and not any(p in stats["by_point"] for p in k6):
+            point = rng.choice(k6)  # make sure a keys update is killed at least once
         timed = point is None and run > 0
         t0 = time.monotonic()
         pid = _fork(child_update, data_dir, fleet, plan[target], point)
