@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sqlite3
 import subprocess
 import threading
@@ -123,6 +124,8 @@ class NtpProbe:
             out = subprocess.run(
                 ["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
                 capture_output=True, text=True, timeout=2, check=False,
+                # The child must not talk to our service manager (it would send ERRNO= on it).
+                env={k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")},
             )
             if out.returncode == 0 and out.stdout.strip() in ("yes", "no"):
                 return out.stdout.strip() == "yes"
