@@ -411,13 +411,15 @@ def resign_due(st: Any) -> list[str]:
             if row.keys_version != keys.version:
                 continue  # a new keys version needs a new chain from an admin (bundles.md §2.3 step 4)
             current = _manifest(conn, row.sha256)
-            parts = _current_parts(conn, current)
+            settings = conn.execute(select(t.parts.c.bytes).where(
+                t.parts.c.sha256 == current.parts["settings"].sha256)).scalar_one()
             try:
-                resign_s = json.loads(parts["settings"])["freshness"]["resign_after_s"]
+                resign_s = json.loads(bytes(settings))["freshness"]["resign_after_s"]
             except (KeyError, ValueError, TypeError):
                 resign_s = 86_400
             if now - row.server_ms < resign_s * 1000:
-                continue
+                continue  # checked every minute: only the small settings part is read until one is due
+            parts = _current_parts(conn, current)
             try:
                 m = _sign_and_store(conn, st, current.site, parts, note=None, by="server", now=now, resign=True)
             except ApiError as exc:
