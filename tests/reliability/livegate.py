@@ -42,10 +42,12 @@ class RealClock:
 
 class LiveGate:
     def __init__(self, tmp: Path, *, db_url: str | None = None, store: dict[str, Any] | None = None,
-                 sync: dict[str, Any] | None = None, device_id: str = DEVICE, data_dir: Path | None = None) -> None:
+                 sync: dict[str, Any] | None = None, device_id: str = DEVICE, data_dir: Path | None = None,
+                 server_key: Any = None) -> None:
         self.tmp = tmp
         self.device_id = device_id
-        self.h = ServerHarness(db_url or f"sqlite:///{tmp / 'server.db'}", tmp, clock=RealClock())  # type: ignore[arg-type]
+        self.h = ServerHarness(db_url or f"sqlite:///{tmp / 'server.db'}", tmp, clock=RealClock(),  # type: ignore[arg-type]
+                               server_key=server_key)
         self.data = data_dir or tmp / "gate"
         self.data.mkdir(parents=True, exist_ok=True)
         self._store_kw = {"reserve_mb": 0, **(store or {})}
