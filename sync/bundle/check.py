@@ -13,6 +13,7 @@ import gzip
 import io
 import re
 import tarfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +199,8 @@ def read_bundle_tar(data: bytes | io.BufferedIOBase) -> tuple[bytes, dict[str, b
         raise
     except ValueError as exc:  # CappedReader: the archive inflates past every cap
         raise BundleRejected("too_large", f"bundle archive: {exc}", doc="manifest") from exc
-    except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        # zlib.error: a gzip stream damaged inside its deflate data (found by tests/reliability/bundle_fuzz.py)
         raise BundleRejected("malformed", f"not a tar archive of a bundle directory: {exc}", doc="manifest") from exc
     if manifest is None:
         raise BundleRejected("malformed", "the archive holds no manifest.json", doc="manifest")
