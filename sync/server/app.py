@@ -153,6 +153,17 @@ def create_app(state: ServerState, *, workers: bool | None = None) -> FastAPI:
         lifespan=lifespan, docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
     )
     app.state.server = state
+    _openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # The document must describe the answers of the handlers below, not FastAPI's defaults.
+        if app.openapi_schema is None:
+            from sync.server.openapi_doc import correct_openapi
+
+            app.openapi_schema = correct_openapi(_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     state.metrics.attach_gauges(lambda: fleet_gauges(state))
 
     @app.exception_handler(ApiError)

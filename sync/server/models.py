@@ -196,7 +196,7 @@ class DeviceStatusOut(Out):
 class TokenIn(In):
     role: Literal["admin", "auditor"]
     name: str = Field(min_length=1, max_length=64)
-    expires_days: int | None = Field(None, ge=1, le=3650)
+    expires_days: int | None = Field(None, ge=1, le=3650, strict=True)  # true is not 1 day
 
 
 class TokenCreated(Out):
