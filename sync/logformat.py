@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 from sync.timefmt import format_ms
 
@@ -72,13 +72,30 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (as logging's last resort
+    does), not the stream of the day it was installed: a command run in-process (tests, the demo)
+    may swap and close its stderr, and a later record must not hit a closed file."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.setStream; the current stderr always wins
+        pass
+
+
 def setup_logging(level: str = "INFO", fmt: Literal["json", "logfmt"] = "json") -> None:
     """Install one stderr handler on the root logger (idempotent)."""
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_checkpoint", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     handler.addFilter(Redact())
     handler._checkpoint = True  # type: ignore[attr-defined]

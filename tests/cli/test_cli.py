@@ -141,3 +141,26 @@ def test_log_lines_never_carry_raw_credentials_or_ids(text: str) -> None:
     from sync.logformat import redact
 
     assert text not in redact(f"scanned {text} at gate")
+
+
+def test_log_handler_follows_the_current_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command run in-process may swap and close its stderr; a later record must go to the
+    stderr of that moment, never to a closed file ("I/O operation on closed file")."""
+    import io
+    import logging
+
+    from sync.logformat import setup_logging
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_logging("INFO", "logfmt")
+    try:
+        logging.getLogger("checkpoint.test").warning("one k=%s", 1)
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("checkpoint.test").warning("two k=%s", 2)
+        assert 'msg="two k=2"' in second.getvalue()
+    finally:
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if getattr(h, "_checkpoint", False)]:
+            root.removeHandler(h)
