@@ -1,7 +1,7 @@
 """Fuzz target for the bundle verifier (bundles.md §1, §3): keys documents, manifests, current statements,
 parts and bundle tars, each mutated and offered to the checks a gate runs.
 
-Shared by ``tests/reliability/test_fuzz_bundles.py`` (short) and ``bench/soak/fuzz_bundles.py`` (long).
+Shared by ``tests/reliability/test_fuzz_bundles.py`` (short) and ``bench/soak/bundle_fuzz.py`` (long).
 
 A corpus is one real signed bundle (the demo fleet's: keys 1, keys 2 rotating root and publisher,
 a manifest with all eight parts, a current statement, the bundle as tar and tar.gz). Each input

@@ -1,7 +1,7 @@
 """Bundle files into the verifier (bundles.md §1, §3, §3.7): keys documents, manifests, current statements,
 parts and tars, mutated raw (every changed file rejected) and re-signed (no crash, only §3.7 reasons).
 
-The short run here is 2 500 inputs; ``bench/soak/fuzz_bundles.py`` runs 1 000 000 with the same
+The short run here is 2 500 inputs; ``bench/soak/bundle_fuzz.py`` runs 1 000 000 with the same
 target (``tests/reliability/bundle_fuzz.py``). ``CHECKPOINT_TEST_SEED`` replays a run.
 """
 

@@ -2,7 +2,7 @@
 
 The short form sends 150 small batches (at most 10 events each) through
 the proxy at the default 5 % per fault, with the agent's backoff and the proxy's delays
-shortened so that it fits the ordinary run; ``bench/soak/proxy_batches.py`` is the 5 000-batch
+shortened so that it fits the ordinary run; ``bench/soak/proxy_soak.py`` is the 5 000-batch
 form with the defaults of sync.md App. A, whose figures are in docs/RELIABILITY.md.
 """
 
