@@ -279,34 +279,55 @@ def _run_writer(
 
 
 def test_sigkill_mid_batch_leaves_a_valid_gapless_chain(tmp_path: Path) -> None:
+    """At least 50 kills (issue 3): each a forked writer killed by SIGKILL among its appends."""
     rng = random.Random(int(os.environ.get("CHECKPOINT_TEST_SEED", "4711")))
     committed: dict[int, str] = {}
     kills = 0
     log = tmp_path / "committed.log"
-    for i in range(52):
-        log.write_text("")
-        proc = _run_writer(tmp_path, rng.randrange(1 << 30), log=log)
-        deadline = time.monotonic() + 60
-        while "READY" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)  # wait for the store to be open, so the kill lands among appends
-        time.sleep(rng.uniform(0.02, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
-        kills += 1
-        for line in log.read_text().splitlines():
-            if line.count(" ") != 2:
-                continue  # a line cut by the kill
-            if line.startswith("COMMITTED "):
-                _, seq, h = line.split()
-                committed[int(seq)] = h
-        with EventStore(tmp_path, DEV, max_db_mb=64) as s:
-            r = s.verify_chain()
-            assert r.ok, f"after kill {i}: {r}"
-            head = s.head().last_seq
-            assert [e.seq for e in s.iter_all()] == list(range(1, head + 1))
-            for seq, h in committed.items():
-                assert seq <= head and s.get(seq).hash == h  # type: ignore[union-attr]
-    assert kills >= 50 and committed
+    runs = int(os.environ.get("CHECKPOINT_STORE_KILLS", "52"))
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("writer.py")), "--serve"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        for i in range(runs):
+            # a new store every 10 kills: each kill is followed by a whole-chain check, which would
+            # otherwise grow with everything the earlier kills left (quadratic, most of the time)
+            data = tmp_path / f"store-{i // 10}"
+            if i % 10 == 0:
+                data.mkdir()
+                committed = {}
+            log.write_text("")
+            server.stdin.write(f"{data} {DEV} {rng.randrange(1 << 30)} {log}\n")
+            server.stdin.flush()
+            pid = int(server.stdout.readline().split()[1])
+            deadline = time.monotonic() + 60
+            while "READY" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.005)  # wait for the store to be open, so the kill lands among appends
+            time.sleep(rng.uniform(0.02, 0.3))
+            os.kill(pid, signal.SIGKILL)
+            status = int(server.stdout.readline().split()[1])
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"run {i}: status {status}"
+            kills += 1
+            for line in log.read_text().splitlines():
+                if line.count(" ") != 2:
+                    continue  # a line cut by the kill
+                if line.startswith("COMMITTED "):
+                    _, seq, h = line.split()
+                    committed[int(seq)] = h
+            with EventStore(data, DEV, max_db_mb=64) as s:
+                r = s.verify_chain()
+                assert r.ok, f"after kill {i}: {r}"
+                head = s.head().last_seq
+                stored = {e.seq: e.hash for e in s.iter_all()}
+                assert list(stored) == list(range(1, head + 1))
+                lost = [seq for seq, h in committed.items() if stored.get(seq) != h]
+                assert not lost, f"after kill {i}: committed events changed or gone: {lost[:5]}"
+    finally:
+        server.kill()
+        server.communicate()
+    assert kills == runs and committed
 
 
 @pytest.mark.parametrize("point", ["store.before_commit", "store.after_commit"])
