@@ -406,7 +406,7 @@ class Run:
             '[store]\nreserve_mb = 1\n'
             f'[sync]\nserver_url = "{self.url}"\npoll_bundle_s = 1\nheartbeat_s = 2\nbackoff_base_s = 0.2\n'
             'backoff_cap_s = 1\n'
-            f'[camera]\nsource = "folder"\npath = "{cam}"\nfps = 15\nimage_hold_s = 0.6\nno_frames_after_s = 5\n'
+            f'[camera]\nsource = "folder"\npath = "{cam}"\nfps = 15\nimage_hold_s = 0.3\nno_frames_after_s = 5\n'
             '[decode]\nhold_s = 2.0\ndeep_interval_s = 0\n[thermometer]\nenabled = false\n'
             '[gpio]\npin_factory = "mock"\npulse_s = 0.2\nshow_s = 0.1\n'
             f'[console]\nlisten = "127.0.0.1:{console_port}"\n'
