@@ -811,7 +811,7 @@ def _print_table(checks: list[Check], config: Path | None) -> None:
                   show_lines=False, expand=False)
     table.add_column("check / 项目", no_wrap=True)
     table.add_column("status / 状态", no_wrap=True)
-    table.add_column("detail / 详情")
+    table.add_column("detail / 详情", overflow="fold")  # a narrow terminal folds a device path, never cuts it
     colour = {"ok": "green", "warn": "yellow", "fail": "bold red"}
     for c in checks:
         # Text, not markup: details name TOML sections such as [camera].

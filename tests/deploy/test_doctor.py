@@ -76,6 +76,7 @@ def demo_gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
 def doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     e = dict(os.environ)
     e.pop("CHECKPOINT_CONFIG", None)
+    e.pop("COLUMNS", None)  # piped output as in a ticket (160 wide); pytest-xdist workers set 80
     e.update(env or {})
     return subprocess.run([CHECKPOINT, "doctor", *args], capture_output=True, text=True, timeout=120, env=e)
 
@@ -240,7 +241,7 @@ def test_broken_config_is_one_failed_row(tmp_path, content):
     doc = json.loads(r.stdout)
     assert [(c["name"], c["status"]) for c in doc["checks"]] == [("config", "fail")]
     assert str(bad) in doc["checks"][0]["detail"] and len(doc["checks"][0]["detail"]) < 400
-    r = CliRunner().invoke(cli, ["doctor", "--config", str(tmp_path / "absent.toml")])
+    r = CliRunner().invoke(cli, ["doctor", "--config", str(tmp_path / "absent.toml")], env={"COLUMNS": None})
     assert r.exit_code == 1 and "config file not found" in r.stdout
 
 
