@@ -48,7 +48,7 @@ from tests.crash import figures
 
 pytestmark = pytest.mark.slow
 DEVICE = "gate-api-01"
-EXAMPLES = 12
+EXAMPLES = 8
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, negative_data_rejection]
 
