@@ -179,10 +179,14 @@ class Proc:
 
 
 class WebhookSink:
-    """Receives the server's alert webhooks (so ``server.webhook_after_post`` has something to hit)."""
+    """Receives the server's alert webhooks (so ``server.webhook_after_post`` has something to hit).
 
-    def __init__(self) -> None:
+    With ``keep``, every body is also kept (``bodies``) and written to ``keep/webhook-NN.json``
+    (the privacy canaries scan them)."""
+
+    def __init__(self, keep: Path | None = None) -> None:
         self.received: Counter[int] = Counter()
+        self.bodies: list[bytes] = []
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -192,7 +196,10 @@ class WebhookSink:
                 pass
 
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if keep is not None:
+                    sink.bodies.append(body)
+                    (keep / f"webhook-{len(sink.bodies):02d}.json").write_bytes(body)
                 with contextlib.suppress(ValueError, TypeError):
                     sink.received[int(self.headers.get("X-Checkpoint-Webhook-Id"))] += 1
                 self.send_response(204)

@@ -58,7 +58,7 @@ import pytest
 
 from edge.demo import HOST_FIRM, DemoWorld, qr_image
 from tests.crash import figures
-from tests.crash.harness import REPO, Proc, child_env, free_port
+from tests.crash.harness import REPO, Proc, WebhookSink, child_env, free_port
 from tests.reliability.privacy import Canary, Leak, Scanner
 
 pytestmark = pytest.mark.slow
@@ -271,38 +271,6 @@ class Console:
         self.http.close()
         if self.thread is not None:
             self.thread.join(10)
-
-
-class WebhookSink:
-    """Where the server's alert webhooks go (sync.md §5.5: chat bots, SMS gateways): every body is kept."""
-
-    def __init__(self, responses: Path) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.bodies: list[bytes] = []
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                sink.bodies.append(body)
-                (responses / f"webhook-{len(sink.bodies):02d}.json").write_bytes(body)
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class Run:
