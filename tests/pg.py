@@ -6,9 +6,10 @@
    as root, chown it to ``postgres`` and run every server command through
    ``runuser -u postgres --`` (``initdb`` refuses to run as root).
 3. ``initdb -U checkpoint --auth=trust --encoding=UTF8 --no-locale -N``.
-4. ``pg_ctl start`` socket-only (``listen_addresses=''``), ``fsync=off``,
-   ``full_page_writes=off`` (tests kill our server, never PostgreSQL).
-5. ``createdb checkpoint_test``; URL ``postgresql+psycopg://checkpoint@/checkpoint_test?host=<dir>``.
+4. ``pg_ctl start`` on a free loopback TCP port (``127.0.0.1`` only; the server talks to
+   PostgreSQL over TCP as a deployed one does) plus a Unix socket in the directory for the
+   admin commands, ``fsync=off``, ``full_page_writes=off`` (tests kill our server, never PostgreSQL).
+5. ``createdb checkpoint_test``; URL ``postgresql+psycopg://checkpoint@127.0.0.1:<port>/checkpoint_test``.
 6. The schema is created once per run; between tests every table is emptied
    (``TRUNCATE … RESTART IDENTITY CASCADE``).
 7. Teardown: ``pg_ctl -m immediate stop``, remove the directory.
@@ -25,6 +26,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -63,6 +65,13 @@ def find_bindir() -> Path | None:
     return None
 
 
+def _free_port() -> int:
+    """A loopback port nobody listens on now (the OS picks it; pytest-xdist workers each start one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class PostgresServer:
     """One throw-away PostgreSQL cluster in a temporary directory."""
 
@@ -71,7 +80,8 @@ class PostgresServer:
         self.durable = durable  # benchmarks: fsync on, as a real server runs
         self.dir = Path(tempfile.mkdtemp(prefix="ckpg", dir="/tmp"))
         self.data = self.dir / "data"
-        self.url = f"postgresql+psycopg://checkpoint@/checkpoint_test?host={self.dir}"
+        self.port = _free_port()
+        self.url = f"postgresql+psycopg://checkpoint@127.0.0.1:{self.port}/checkpoint_test"
         self._as_postgres = os.geteuid() == 0
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -89,11 +99,12 @@ class PostgresServer:
             shutil.chown(self.dir, user="postgres", group="postgres")
         self._run("initdb", "-D", str(self.data), "-U", "checkpoint", "--auth=trust", "--encoding=UTF8",
                   "--no-locale", "-N")
-        opts = f"-c listen_addresses='' -c unix_socket_directories={self.dir} -c max_connections=200"
+        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.dir} "
+                "-c max_connections=200")
         if not self.durable:
             opts += " -c fsync=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o", opts, "start")
-        self._run("createdb", "-h", str(self.dir), "-U", "checkpoint", "checkpoint_test")
+        self._run("createdb", "-h", str(self.dir), "-p", str(self.port), "-U", "checkpoint", "checkpoint_test")
         return self.url
 
     def stop(self) -> None:

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -542,9 +542,10 @@ def pg_dump(url: str, out: Path) -> None:
 
     bindir = find_bindir()
     assert bindir is not None
-    host = url.split("host=", 1)[1]
-    res = subprocess.run([str(bindir / "pg_dump"), "-h", host, "-U", "checkpoint", "--data-only", "--inserts",
-                          "checkpoint_test"], capture_output=True, timeout=120)
+    where = urlsplit(url)
+    res = subprocess.run([str(bindir / "pg_dump"), "-h", str(where.hostname), "-p", str(where.port or 5432),
+                          "-U", "checkpoint", "--data-only", "--inserts", "checkpoint_test"],
+                         capture_output=True, timeout=120)
     assert res.returncode == 0, res.stderr.decode(errors="replace")
     out.write_bytes(res.stdout)
 
