@@ -51,3 +51,13 @@ def mock_pins():
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The reliability figures (sync.md §6.7) at the end of the run. Here, not only in the
+    conftests of ``tests/crash`` and ``tests/reliability``: the controller of a pytest-xdist run
+    never loads those (its workers collect), yet it is the one that writes the terminal."""
+    from tests.crash import figures
+
+    figures.summary(terminalreporter)

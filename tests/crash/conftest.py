@@ -10,11 +10,6 @@ from tests.crash import figures
 from tests.pg import db_url, pg_url  # noqa: F401  (fixtures)
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    figures.summary(terminalreporter)
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: Any, call: Any) -> Any:
     outcome = yield
