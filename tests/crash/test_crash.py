@@ -19,7 +19,7 @@ from tests.crash.harness import CrashConfig, run_crash, seed_from_env, tail_logs
 
 pytestmark = [pytest.mark.crash, pytest.mark.slow]
 
-SHORT = 8  # per backend: half direct, half through the fault proxy; about 30 kills in all
+SHORT = 10  # per backend: half direct, half through the fault proxy; about 30 kills in all
 
 
 def iterations(request: pytest.FixtureRequest) -> int:
