@@ -61,10 +61,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def committed(log: Path, problems: list[str]) -> dict[int, str]:
+    """Every ``COMMITTED <seq> <hash>`` line printed whole. A kill can cut the last line of a life
+    (the writer's buffer is flushed in pieces during a large batch): such an event may be committed,
+    but its line was never finished, so it promises nothing (sync.md §6.7, ``events_stored``)."""
     out: dict[int, str] = {}
     for line in log.read_text().splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[0] == "COMMITTED":
+        if len(parts) == 3 and parts[0] == "COMMITTED" and len(parts[2]) == 64:
             seq, h = int(parts[1]), parts[2]
             if out.get(seq, h) != h:
                 problems.append(f"seq {seq} committed twice with different hashes")

@@ -63,6 +63,7 @@ CRASHPOINTS = {
 # how many hits before the point fires (the writer commits many times a second)
 HITS = {"writer": (5, 300), "agent": (1, 6), "server": (1, 6)}
 VICTIMS = ("writer", "agent", "server", "all")
+_HASH = re.compile(r"[0-9a-f]{64}")
 _UPLOAD = re.compile(r"upload device=\S+ seq=(\d+)\.\.(\d+) status=(\d+) acked=(\d+) stored=(\d+) dup=(\d+)")
 
 
@@ -536,10 +537,13 @@ class CrashRun:
     # -- the checks of §6.2 and the figures of §6.7 ----------------------------------------------
 
     def committed(self) -> dict[int, str]:
+        """The ``COMMITTED`` lines printed whole. A kill can cut a life's last line (the writer's buffer
+        is flushed in pieces during a large batch) and the next life's ``READY`` then continues it:
+        a cut line promised nothing (§6.7), and must neither count as lost nor break the parse."""
         out: dict[int, str] = {}
         for line in self.committed_log.read_text().splitlines():
             parts = line.split()
-            if len(parts) == 3 and parts[0] == "COMMITTED":
+            if len(parts) == 3 and parts[0] == "COMMITTED" and parts[1].isdigit() and _HASH.fullmatch(parts[2]):
                 seq, h = int(parts[1]), parts[2]
                 if out.get(seq, h) != h:
                     self.problems.append(f"writer logged seq {seq} twice with different hashes")
